@@ -1,0 +1,161 @@
+"""The `cmc` command line. Heavy modules load inside commands, so `cmc --help` stays instant."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from cmc import CmcError, __version__
+
+
+class _Group(click.Group):
+    """Turns `CmcError` into one line on stderr and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CmcError as exc:
+            click.echo(f"cmc: error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cmc")
+def main() -> None:
+    """History-aware commit message completion.
+
+    Install the hook in a repository with `cmc hook install`; then `git commit` proposes a message,
+    or completes the one you started.
+    """
+
+
+@main.command()
+@click.option("--repo", default=".", show_default=True, help="Repository whose staged change is used.")
+@click.option("--prefix", default=None, help="Typed start of the message to complete.")
+@click.option("--message-file", type=click.Path(dir_okay=False), help="Read the typed text from a file.")
+@click.option("-n", "num", default=3, show_default=True, type=click.IntRange(1, 20), help="Candidates.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: prefix, candidates, model, latency.")
+@click.option("--model", default=None, help="Model folder or hub id (default: see `cmc hook status`).")
+@click.option("--no-history", is_flag=True, help="Do not show the model the author's earlier messages.")
+@click.option("--batch", type=click.Path(exists=True, dir_okay=False), help="CommitChronicle JSONL rows in.")
+@click.option("--out", type=click.Path(dir_okay=False), help="With --batch: JSONL results out.")
+@click.option("--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width.")
+@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 512))
+def complete(repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens):
+    """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
+    from cmc.complete import complete_context, complete_rows, context_from_repo, read_jsonl
+    from cmc.decoding import DecodeSettings
+    from cmc.model import load_model, resolve_model
+
+    settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
+    if batch:
+        if not out:
+            raise CmcError("--batch needs --out FILE")
+        lm = load_model(resolve_model(model, None, None))
+        count = 0
+        with open(out, "w", encoding="utf-8") as f:
+            for record in complete_rows(lm, read_jsonl(batch), num, not no_history, settings):
+                f.write(json.dumps(record) + "\n")
+                count += 1
+        click.echo(f"{count} rows completed → {out}", err=True)
+        return
+    if prefix is not None and message_file:
+        raise CmcError("give --prefix or --message-file, not both")
+    from cmc.gitctx import GitRepo
+    from cmc.hook import split_message_file
+
+    git_repo = GitRepo(repo)
+    typed = prefix or ""
+    if message_file:
+        try:
+            text = open(message_file, encoding="utf-8", errors="replace").read()
+        except OSError as exc:
+            raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
+        typed, _ = split_message_file(text, git_repo.config("core.commentChar") or "#")
+    lm = load_model(resolve_model(model, git_repo.config("cmc.model"), str(git_repo.common_dir)))
+    result = complete_context(lm, context_from_repo(git_repo, not no_history), typed, num, settings)
+    if as_json:
+        click.echo(json.dumps(result.as_json(), indent=2))
+    elif result.candidates:
+        click.echo(result.candidates[0].message)
+    else:
+        raise CmcError("the model produced no message")
+
+
+@main.group()
+def hook() -> None:
+    """Install, remove or inspect the prepare-commit-msg hook."""
+
+
+def _echo_status(st) -> None:
+    state = "installed" if st.installed else ("not installed (another hook is there)" if st.foreign else "not installed")
+    click.echo(f"hook: {state} at {st.hook_path}")
+    if st.chained is not None:
+        click.echo(f"chained: {st.chained} (runs first)")
+
+
+@hook.command("install")
+@click.option("--repo", default=".", show_default=True)
+def hook_install(repo):
+    """Install the hook (an existing hook is kept and still runs)."""
+    from cmc import hook as hook_mod
+
+    _echo_status(hook_mod.install(repo))
+
+
+@hook.command("uninstall")
+@click.option("--repo", default=".", show_default=True)
+def hook_uninstall(repo):
+    """Remove cmc's hook and restore the one it replaced."""
+    from cmc import hook as hook_mod
+
+    _echo_status(hook_mod.uninstall(repo))
+
+
+@hook.command("status")
+@click.option("--repo", default=".", show_default=True)
+def hook_status(repo):
+    """Show whether the hook is installed, enabled, and which model it would use."""
+    import os
+
+    from cmc import hook as hook_mod
+    from cmc.gitctx import GitRepo
+    from cmc.model import resolve_model
+
+    _echo_status(hook_mod.hook_status(repo))
+    git_repo = GitRepo(repo)
+    enabled = git_repo.config_bool("cmc.enabled", True) and os.environ.get("CMC_DISABLE") != "1"
+    click.echo(f"enabled: {'yes' if enabled else 'no'}")
+    try:
+        click.echo(f"model: {resolve_model(None, git_repo.config('cmc.model'), str(git_repo.common_dir))}")
+    except CmcError as exc:
+        click.echo(f"model: none ({exc})")
+    click.echo(f"timeout: {git_repo.config('cmc.timeout') or hook_mod.DEFAULT_TIMEOUT_S}s")
+
+
+@hook.command("run", hidden=True)
+@click.argument("message_file")
+@click.argument("source", required=False, default="")
+@click.argument("sha", required=False)
+def hook_run(message_file, source, sha):
+    """What the installed hook runs (git's prepare-commit-msg arguments)."""
+    from cmc import hook as hook_mod
+
+    sys.exit(hook_mod.run(message_file, source, sha))
+
+
+def _register_training_commands() -> None:
+    """Commands that live in the `training` package, added when it is installed."""
+    try:
+        from training import cli as training_cli
+    except ImportError:
+        return
+    training_cli.register(main)
+
+
+_register_training_commands()
+
+if __name__ == "__main__":
+    main()

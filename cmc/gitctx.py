@@ -1,0 +1,260 @@
+"""Context from git: the staged change as mods (exclusions applied, secrets masked) and the author's history.
+
+Everything the model sees about a repository comes from here, through gitpython. The staged diff is
+streamed from one ``git diff --cached`` process and kept within a character budget by whole hunks,
+so a 50 MB staged diff costs neither memory nor time.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmc import CmcError
+from cmc.diffs import Mod, parse_patch
+from cmc.messages import history_message
+
+# Kept out of the prompt unless the repository says otherwise (their diffs are noise to the model).
+DEFAULT_EXCLUDES = (
+    "package-lock.json",
+    "npm-shrinkwrap.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "bun.lockb",
+    "Cargo.lock",
+    "poetry.lock",
+    "Pipfile.lock",
+    "uv.lock",
+    "pdm.lock",
+    "composer.lock",
+    "Gemfile.lock",
+    "go.sum",
+    "flake.lock",
+    "mix.lock",
+    "pubspec.lock",
+    "Podfile.lock",
+    "packages.lock.json",
+    "gradle.lockfile",
+    "*.min.js",
+    "*.min.css",
+    "*.map",
+    "*_pb2.py",
+    "*_pb2_grpc.py",
+    "*.pb.go",
+    "*.pb.cc",
+    "*.pb.h",
+    "*.generated.*",
+    "*.g.dart",
+    "*.freezed.dart",
+    "*.snap",
+    "*.svg",
+)
+
+SECRET_MASK = "[secret]"
+_SECRET_PATTERNS = [
+    # Tokens with well-known shapes.
+    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
+    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
+    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{30,}\b"),
+    re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}\b"),
+    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"),
+    re.compile(r"\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}\b"),
+    re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),
+    re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\b"),
+]
+# name = "value" / name: value, for names that say the value is a secret.
+_SECRET_ASSIGN = re.compile(
+    r"""(?P<key>[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"""
+    r"""private[_-]?key|client[_-]?secret|auth)[\w.-]*["']?\s*(?::=|=>|=|:)\s*)"""
+    r"""(?P<value>"[^"\n]{3,}"|'[^'\n]{3,}'|[^\s,;'"]{6,})""",
+    re.IGNORECASE,
+)
+_PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY( BLOCK)?-----")
+_PRIVATE_KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY( BLOCK)?-----")
+
+
+def mask_secrets(diff: str) -> str:
+    """Replace what looks like a credential in diff lines with a placeholder."""
+    out, in_key = [], False
+    for line in diff.split("\n"):
+        marker, body = (line[:1], line[1:]) if line[:1] in "+- " else ("", line)
+        if in_key:
+            if _PRIVATE_KEY_END.search(body):
+                in_key = False
+            continue
+        if _PRIVATE_KEY_BEGIN.search(body):
+            in_key = not _PRIVATE_KEY_END.search(body)
+            out.append(marker + SECRET_MASK)
+            continue
+        for pattern in _SECRET_PATTERNS:
+            body = pattern.sub(SECRET_MASK, body)
+        body = _SECRET_ASSIGN.sub(lambda m: m.group("key") + SECRET_MASK, body)
+        out.append(marker + body)
+    return "\n".join(out)
+
+
+@dataclass
+class Exclusions:
+    """Glob patterns for paths whose content is kept from the model (header line only)."""
+
+    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDES))
+
+    def matches(self, path: str | None) -> bool:
+        if not path:
+            return False
+        name = path.rsplit("/", 1)[-1]
+        excluded = False
+        for raw in self.patterns:
+            negate, pat = raw.startswith("!"), raw.lstrip("!")
+            pat = pat.rstrip("/") + "/*" if pat.endswith("/") else pat
+            target = path if "/" in pat else name
+            if fnmatch.fnmatchcase(target, pat) or ("/" in pat and fnmatch.fnmatchcase(path, pat.lstrip("/"))):
+                excluded = not negate
+        return excluded
+
+
+class GitRepo:
+    """A repository seen by cmc (wraps gitpython's Repo)."""
+
+    def __init__(self, path: str | Path = "."):
+        import git  # gitpython: imported here, so `cmc --help` stays cheap
+
+        try:
+            self.repo = git.Repo(path, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+            raise CmcError(f"{path} is not inside a git repository") from exc
+        self.git = self.repo.git
+        self.git_dir = Path(self.repo.git_dir)
+        self.common_dir = Path(self.repo.common_dir)
+        self.root = Path(self.repo.working_tree_dir) if self.repo.working_tree_dir else None
+
+    def config(self, key: str, default: str | None = None) -> str | None:
+        try:
+            return self.git.config("--get", key)
+        except Exception:
+            return default
+
+    def config_all(self, key: str) -> list[str]:
+        try:
+            return [v for v in self.git.config("--get-all", key).splitlines() if v]
+        except Exception:
+            return []
+
+    def config_bool(self, key: str, default: bool) -> bool:
+        try:
+            value = self.git.config("--type=bool", "--get", key)
+        except Exception:
+            return default
+        return value.strip() == "true"
+
+    def has_head(self) -> bool:
+        return self.repo.head.is_valid()
+
+    def exclusions(self) -> Exclusions:
+        """Default patterns, then ``git config cmc.exclude`` (multi-valued), then ``.cmcignore``."""
+        patterns = list(DEFAULT_EXCLUDES)
+        patterns += self.config_all("cmc.exclude")
+        if self.root is not None and (self.root / ".cmcignore").is_file():
+            for line in (self.root / ".cmcignore").read_text(errors="replace").splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    patterns.append(line)
+        return Exclusions(patterns)
+
+    def _stream(self, *args: str) -> Iterator[str]:
+        proc = self.git.execute(
+            ["git", "-c", "core.quotePath=false", *args], as_process=True, stdout_as_string=False
+        )
+        try:
+            for raw in proc.proc.stdout:
+                yield raw.decode("utf-8", "replace")
+        finally:
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+            proc.proc.wait()
+
+    def staged_mods(self, max_chars: int = 24_000) -> list[Mod]:
+        """The staged change as mods. Excluded, binary and over-budget content is left out.
+
+        The content budget is shared by all files, first come first served, by whole hunks; each
+        file keeps its header line even when its content does not fit.
+        """
+        excl = self.exclusions()
+        lines = self._stream(
+            "diff", "--cached", "-M", "--no-color", "--no-ext-diff", "--no-textconv",
+            "--submodule=short", "--src-prefix=a/", "--dst-prefix=b/", "--",
+        )  # fmt: skip
+        mods: list[Mod] = []
+        used = 0
+        for mod in parse_patch(lines, max_chars_per_file=max_chars):
+            if excl.matches(mod.new_path) or excl.matches(mod.old_path):
+                mod.diff, mod.truncated = "", True
+            elif mod.diff.startswith(("Binary files ", "GIT binary patch")):
+                mod.diff = ""
+            else:
+                mod.diff = mask_secrets(mod.diff)
+                if used + len(mod.diff) > max_chars:
+                    mod.diff, mod.truncated = _cut_hunks(mod.diff, max_chars - used), True
+                used += len(mod.diff)
+            mods.append(mod)
+        return mods
+
+    def identity(self) -> tuple[str | None, str | None]:
+        return self.config("user.name"), self.config("user.email")
+
+    def author_history(self, limit: int = 64, scan: int = 2000) -> list[str]:
+        """The committing author's earlier messages reachable from HEAD, oldest → newest.
+
+        Merges are skipped; messages are cleaned and filtered exactly as in the training data. At
+        most ``limit`` messages (the newest), looking back over at most ``scan`` commits.
+        """
+        if not self.has_head():
+            return []
+        name, email = self.identity()
+        if not name and not email:
+            return []
+        out = self.git.log(
+            "--no-merges", f"--max-count={scan}", "--format=%ae%x1f%an%x1f%B%x1e", "HEAD"
+        )
+        found: list[str] = []
+        for record in out.split("\x1e"):
+            parts = record.strip("\n").split("\x1f", 2)
+            if len(parts) != 3:
+                continue
+            a_email, a_name, body = parts
+            if (email and a_email.lower() == email.lower()) or (not email and a_name == name):
+                cleaned = history_message(body)
+                if cleaned:
+                    found.append(cleaned)
+                    if len(found) == limit:
+                        break
+        return found[::-1]
+
+    def state_in_progress(self) -> str | None:
+        """'rebase', 'cherry-pick', 'revert' or 'merge' when git is in the middle of one."""
+        for name, state in (
+            ("rebase-merge", "rebase"),
+            ("rebase-apply", "rebase"),
+            ("CHERRY_PICK_HEAD", "cherry-pick"),
+            ("REVERT_HEAD", "revert"),
+            ("MERGE_HEAD", "merge"),
+        ):
+            if (self.git_dir / name).exists():
+                return state
+        return None
+
+
+def _cut_hunks(diff: str, room: int) -> str:
+    """The leading whole hunks of one file's diff that fit in ``room`` characters."""
+    if room <= 0:
+        return ""
+    kept, size = [], 0
+    for hunk in re.split(r"(?m)^(?=@@)", diff):
+        if size + len(hunk) > room:
+            break
+        kept.append(hunk)
+        size += len(hunk)
+    return "".join(kept)

@@ -1,0 +1,114 @@
+"""Commit messages: the cleaning and the filters of CommitChronicle, shared by training and the hook.
+
+`clean_message` removes what a model should not learn to write (emails, URLs, issue references,
+trailers such as Signed-off-by, @mentions, commit SHAs); `rejection_reason` says why a message
+would be dropped from the data (non-ASCII, one word, bot-like, Merge/Revert, squashed), or None.
+The author history the hook shows the model goes through both, exactly like the training data.
+"""
+
+from __future__ import annotations
+
+import re
+
+TRAILER_KEYS = (
+    "signed-off-by",
+    "co-authored-by",
+    "co-author",
+    "change-id",
+    "reviewed-by",
+    "reviewed-on",
+    "acked-by",
+    "tested-by",
+    "reported-by",
+    "suggested-by",
+    "helped-by",
+    "cc",
+    "fixes",
+    "closes",
+    "resolves",
+    "refs",
+    "see-also",
+    "bug",
+    "issue",
+    "pr-url",
+    "pr",
+    "differential revision",
+    "git-svn-id",
+    "cherry-picked from",
+    "ticket",
+    "jira",
+)
+_TRAILER = re.compile(
+    r"^\s*(?:" + "|".join(re.escape(k) for k in TRAILER_KEYS) + r")\s*:.*$", re.IGNORECASE | re.M
+)
+_CHERRY = re.compile(r"^\s*\(cherry picked from commit [0-9a-f]+\)\s*$", re.IGNORECASE | re.M)
+_EMAIL = re.compile(r"<?[\w.+-]+@[\w-]+(?:\.[\w-]+)+>?")
+_URL = re.compile(r"(?:https?|ftp|ssh|git)://\S+|www\.\S+", re.IGNORECASE)
+_ISSUE = re.compile(r"(?<![\w/])(?:(?:GH|gh)-\d+|[A-Z][A-Z0-9]{1,9}-\d+|[\w.-]+/[\w.-]+#\d+|#\d+)\b")
+_MENTION = re.compile(r"(?<![\w@])@[A-Za-z0-9][\w-]*")
+_SHA = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+_EMPTY_BRACKETS = re.compile(r"\(\s*[,;]?\s*\)|\[\s*[,;]?\s*\]")
+_SPACES = re.compile(r"[ \t]+")
+_SPACE_BEFORE_PUNCT = re.compile(r"[ \t]+([,.;:)])")
+
+_TRIVIAL = re.compile(
+    r"^(?:(?:update|updated|fix|fixed|fixes|change|changed|edit|edited|modify|modified|"
+    r"delete|deleted|remove|removed|add|added|create|created|upload|uploaded)\s+"
+    r"(?:readme|readme\.md|changelog|changelog\.md|\.gitignore|gitignore|license|docs?|"
+    r"version|files?|typo|typos|code|tests?|\S+\.(?:md|txt|rst|json|ya?ml|lock))"
+    r"|(?:bump|bumped)\s+(?:the\s+)?(?:version|deps|dependencies)\b.*"
+    r"|(?:initial commit|first commit|init|wip|update|updates|fix|fixes|minor|"
+    r"minor (?:changes|fixes|update|updates)|small (?:fix|fixes|changes)|cleanup|typo|"
+    r"version bump|release|changes|misc|stuff|test|testing|tmp|temp|save|sync)"
+    r"|(?:bump|update) [\w@/.-]+ from [\w.-]+ to [\w.-]+.*"
+    r"|(?:v|version\s*)?\d+(?:\.\d+)+\S*"
+    r"|\[?(?:skip ci|ci skip)\]?"
+    r"|auto[- ]?(?:generated|commit|update).*"
+    r")[.!]*$",
+    re.IGNORECASE,
+)
+_BULLET = re.compile(r"^\s*\*\s+\S", re.M)
+
+
+def clean_message(message: str) -> str:
+    """Strip what CommitChronicle strips from a message; keep its lines otherwise."""
+    text = message.replace("\r\n", "\n").replace("\r", "\n")
+    text = _TRAILER.sub("", text)
+    text = _CHERRY.sub("", text)
+    text = _URL.sub("", text)
+    text = _EMAIL.sub("", text)
+    text = _ISSUE.sub("", text)
+    text = _MENTION.sub("", text)
+    text = _SHA.sub("", text)
+    text = _EMPTY_BRACKETS.sub("", text)
+    lines = []
+    for line in text.split("\n"):
+        line = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip()
+        if line or (lines and lines[-1]):
+            lines.append(line)
+    return "\n".join(lines).strip()
+
+
+def rejection_reason(message: str) -> str | None:
+    """Why a (cleaned) message is dropped by CommitChronicle's filters, or None to keep it."""
+    text = message.strip()
+    if not text:
+        return "empty"
+    if not text.isascii():
+        return "non-ascii"
+    if len(text.split()) < 2:
+        return "single-word"
+    first = text.split("\n", 1)[0]
+    if re.match(r"^(?:merge|revert)\b", first, re.IGNORECASE):
+        return "merge-or-revert"
+    if _TRIVIAL.match(first.strip()) and "\n" not in text.strip():
+        return "trivial"
+    if len(_BULLET.findall(text)) >= 2:
+        return "squashed"
+    return None
+
+
+def history_message(raw: str) -> str | None:
+    """A raw message as it may appear in an author's history: cleaned, or None if filtered out."""
+    cleaned = clean_message(raw)
+    return None if rejection_reason(cleaned) else cleaned

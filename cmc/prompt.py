@@ -1,0 +1,164 @@
+"""The prompt format: (processed diff, author history, message) → token ids, for training and inference.
+
+One function, `build_prompt`, builds every model input cmc uses, so training and completion can
+never drift apart (the paper's reference code had exactly that bug). The layout is::
+
+    <|endoftext|> <|diff|> DIFF <|history|> H1 <|sep|> H2 <|sep|> ... Hk <|msg|> MESSAGE <|endoftext|>
+
+* DIFF is the processed diff (`cmc.diffs.process_diff`), cut to ``budget.diff_tokens`` tokens.
+* H1..Hk are the author's earlier messages in this repository, oldest → newest; when they do not
+  fit ``budget.history_tokens``, the newest are kept. Each is cut to ``budget.history_message_tokens``.
+  Without history the ``<|history|>`` marker is followed directly by ``<|msg|>``.
+* MESSAGE is the whole message in training (loss mask 1 on its tokens and the closing
+  ``<|endoftext|>``, 0 on everything before), or the typed text at inference (no closing token).
+* The diff and history come before the message, so while a user keeps typing the prompt only grows
+  at its end: a cached prefix stays valid (the daemon relies on that).
+
+Typed text that ends inside a word is split by `split_typed` at its last whitespace run: the head
+goes into the prompt (it tokenizes exactly as in training, since byte-level BPE attaches a space to
+the word after it), and the tail, e.g. ``" bu"`` of ``"Fix the bu"``, is left for constrained
+decoding (`cmc.decoding`) to regenerate, so the word can finish as the tokenizer would split it.
+
+Markers are single special tokens in cmc's own tokenizers; with a tokenizer that lacks them they are
+encoded as plain text, so any causal LM can be prompted (and fine-tuned) the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+BOS = "<|endoftext|>"
+EOS = "<|endoftext|>"
+DIFF = "<|diff|>"
+HISTORY = "<|history|>"
+SEP = "<|sep|>"
+MSG = "<|msg|>"
+SPECIAL_TOKENS = [EOS, DIFF, HISTORY, SEP, MSG]
+
+# Characters of raw text tokenized at most per allowed token: a cheap cut before tokenizing, so a
+# huge diff never reaches the tokenizer whole.
+_CHARS_PER_TOKEN_CAP = 12
+_LAST_WS = re.compile(r"\s+\S*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Token budgets of the prompt's parts."""
+
+    diff_tokens: int = 512
+    history_tokens: int = 192
+    history_message_tokens: int = 48
+    message_tokens: int = 96
+
+    @property
+    def max_length(self) -> int:
+        return self.diff_tokens + self.history_tokens + self.message_tokens + 8
+
+
+DEFAULT_BUDGET = Budget()
+
+
+@dataclass
+class Prompt:
+    input_ids: list[int]
+    loss_mask: list[int]
+    message_start: int  # index of the first message token (just after <|msg|>)
+    history_used: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _marker_ids(tokenizer: Any, marker: str) -> list[int]:
+    tid = tokenizer.convert_tokens_to_ids(marker)
+    if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid is not None:
+        return [tid]
+    return tokenizer.encode(marker, add_special_tokens=False)
+
+
+class _Markers:
+    """Token ids of the markers for one tokenizer (looked up once)."""
+
+    _cache: dict[int, _Markers] = {}
+
+    def __init__(self, tokenizer: Any):
+        self.bos = _marker_ids(tokenizer, BOS)
+        self.eos = _marker_ids(tokenizer, EOS)
+        self.diff = _marker_ids(tokenizer, DIFF)
+        self.history = _marker_ids(tokenizer, HISTORY)
+        self.sep = _marker_ids(tokenizer, SEP)
+        self.msg = _marker_ids(tokenizer, MSG)
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> _Markers:
+        key = id(tokenizer)
+        if key not in cls._cache:
+            cls._cache[key] = cls(tokenizer)
+        return cls._cache[key]
+
+
+def encode_text(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
+    """Tokenize plain text (no special tokens added), cut to ``max_tokens``."""
+    if not text or max_tokens <= 0:
+        return []
+    text = text[: max_tokens * _CHARS_PER_TOKEN_CAP]
+    return tokenizer.encode(text, add_special_tokens=False)[:max_tokens]
+
+
+def eos_token_id(tokenizer: Any) -> int:
+    return _Markers.of(tokenizer).eos[-1]
+
+
+def split_typed(typed: str) -> tuple[str, str]:
+    """Split typed text into the head that goes in the prompt and the tail decoding must regenerate.
+
+    >>> split_typed("Fix the bu")
+    ('Fix the', ' bu')
+    >>> split_typed("Fix ")
+    ('Fix', ' ')
+    >>> split_typed("Fi")
+    ('', 'Fi')
+    """
+    match = _LAST_WS.search(typed)
+    if match is None:
+        return "", typed
+    return typed[: match.start()], typed[match.start() :]
+
+
+def build_prompt(
+    tokenizer: Any,
+    diff: str,
+    history: list[str] | None,
+    message: str,
+    *,
+    finished: bool,
+    budget: Budget = DEFAULT_BUDGET,
+) -> Prompt:
+    """Token ids and loss mask for one example (see the module docstring for the layout).
+
+    ``finished`` is True in training (``message`` is the whole message and gets the closing token)
+    and False at inference (``message`` is the head of the typed text, see `split_typed`).
+    """
+    m = _Markers.of(tokenizer)
+    ids = m.bos + m.diff + encode_text(tokenizer, diff, budget.diff_tokens) + m.history
+
+    kept: list[list[int]] = []
+    room = budget.history_tokens
+    for past in reversed(history or []):
+        piece = encode_text(tokenizer, past, budget.history_message_tokens)
+        cost = len(piece) + len(m.sep)
+        if not piece or cost > room:
+            break
+        kept.append(piece)
+        room -= cost
+    for i, piece in enumerate(reversed(kept)):
+        ids += (m.sep if i else []) + piece
+
+    ids += m.msg
+    context_len = len(ids)
+    message_ids = encode_text(tokenizer, message, budget.message_tokens)
+    ids += message_ids
+    if finished and len(message_ids) < budget.message_tokens:
+        ids += m.eos
+    mask = [0] * context_len + [1] * (len(ids) - context_len) if finished else [0] * len(ids)
+    return Prompt(ids, mask, context_len, history_used=len(kept))

@@ -1,0 +1,95 @@
+"""Shared fixtures: real git repositories in temp folders and tiny real models trained here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+# A message the tiny model learns by heart, so completions of it can be checked exactly.
+LEARNED_MESSAGE = "Fix parser crash on empty configuration files"
+LEARNED_DIFF_FILE = "src/parser.py"
+
+
+def git(repo: Path, *args: str, env: dict | None = None, check: bool = True, input: str | None = None):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        ["git", *args], cwd=repo, env=full_env, capture_output=True, text=True, check=check, input=input
+    )
+
+
+def init_repo(path: Path, name: str = "Ada Lovelace", email: str = "ada@example.com") -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    git(path, "init", "-q", "-b", "main")
+    git(path, "config", "user.name", name)
+    git(path, "config", "user.email", email)
+    git(path, "config", "commit.gpgsign", "false")
+    return path
+
+
+def commit_file(repo: Path, rel: str, content: str, message: str, env: dict | None = None) -> None:
+    target = repo / rel
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(content)
+    git(repo, "add", rel)
+    git(repo, "commit", "-q", "-m", message, env=env)
+
+
+def cmc_env(extra: dict | None = None) -> dict:
+    """Environment for processes that must find this interpreter's `cmc` on PATH."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    env.pop("CMC_DISABLE", None)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return init_repo(tmp_path / "repo")
+
+
+PARSER_BEFORE = "def parse(text):\n    return text.split()\n"
+PARSER_AFTER = "def parse(text):\n    if not text:\n        return []\n    return text.split()\n"
+
+
+def learned_diff() -> str:
+    """The processed diff of staging PARSER_AFTER over PARSER_BEFORE (as the hook will see it)."""
+    from cmc.diffs import Mod, process_diff
+
+    raw = "@@ -1,2 +1,4 @@\n def parse(text):\n+    if not text:\n+        return []\n     return text.split()\n"
+    return process_diff([Mod("MODIFY", LEARNED_DIFF_FILE, LEARNED_DIFF_FILE, raw)])
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A tiny Llama with its own BPE tokenizer, overfit on one (diff, message) pair in seconds."""
+    import torch
+
+    from cmc.prompt import build_prompt
+    from training.modeling import new_model
+    from training.tokenizer import train_tokenizer
+
+    corpus = [LEARNED_MESSAGE, learned_diff(), PARSER_AFTER] * 5 + [
+        "Add tests for the tokenizer", "Update documentation of the parser", "Refactor configuration loading",
+    ]
+    tokenizer = train_tokenizer(corpus, vocab_size=400, min_frequency=1)
+    model = new_model(tokenizer, "tiny", max_positions=1024)
+    prompt = build_prompt(tokenizer, learned_diff(), [], LEARNED_MESSAGE, finished=True)
+    ids = torch.tensor([prompt.input_ids])
+    labels = torch.tensor([[t if m else -100 for t, m in zip(prompt.input_ids, prompt.loss_mask)]])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(input_ids=ids, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05, f"tiny model did not learn its message (loss {loss.item():.3f})"
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -1,0 +1,1 @@
+"""Training side of cmc: data from git repositories, tokenizer, trainer, checkpoints, evaluation."""
