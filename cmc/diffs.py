@@ -195,8 +195,6 @@ def process_file_diff(diff: str) -> str:
     for line in diff.splitlines():
         if line.startswith("@@") or line.startswith("\\ No newline"):
             continue
-        if line.startswith(("diff --git ", "index ", "--- ", "+++ ")) and not out:
-            continue
         line = _WS.sub(" ", line.strip())
         if line:
             out.append(line)

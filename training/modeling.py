@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 # name → (hidden size, layers, heads, intermediate size)
+# (parameter counts with a 16,384-token vocabulary and tied embeddings)
 SIZES = {
     "tiny": (64, 2, 2, 128),
-    "6m": (256, 6, 4, 704),
-    "13m": (320, 8, 5, 896),
-    "20m": (384, 8, 6, 1024),
-    "30m": (448, 10, 7, 1216),
+    "5m": (192, 4, 3, 512),  # 4.9M
+    "9m": (256, 6, 4, 704),  # 9.0M
+    "15m": (320, 8, 5, 896),  # 15.4M
+    "20m": (384, 7, 6, 1024),  # 18.8M
 }
 
 

@@ -1,0 +1,242 @@
+"""Universal checkpoints: sharded DCP saves in ``step-N`` folders, loadable at any world size and layout.
+
+* Saved with `torch.distributed.checkpoint` from `get_state_dict` (fully-qualified names, no
+  ``module.`` prefixes, DTensor shards under FSDP2), so DDP, FSDP2 and a single process read each
+  other's checkpoints, at any number of processes: DCP reshards on load.
+* A folder counts only once its ``.metadata`` exists (DCP writes it last); resume takes the newest
+  valid one and falls back to older ones if a load fails; the newest ``keep`` are kept.
+* Besides model and optimizer: step, consumed samples, RNG states and the run config
+  (``trainer.json``, written after the shards, beside ``.metadata``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_state_dict,
+    set_state_dict,
+)
+from torch.distributed.checkpoint.stateful import Stateful
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _rank() -> int:
+    return dist.get_rank() if _is_dist() else 0
+
+
+def _barrier() -> None:
+    if _is_dist():
+        dist.barrier()
+
+
+class TrainState(Stateful):
+    """Model + optimizer + counters + RNG, as one Stateful for DCP."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.step = 0
+        self.consumed = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        model_sd, optim_sd = get_state_dict(self.model, self.optimizer, options=StateDictOptions())
+        rng = pickle.dumps(
+            {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            }
+        )
+        return {
+            "model": model_sd,
+            "optim": optim_sd,
+            "step": torch.tensor(self.step),
+            "consumed": torch.tensor(self.consumed),
+            # RNG of rank 0 (a pickled object in DCP): at another world size there is no per-rank map.
+            "rng": rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_state_dict(
+            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+        )
+        self.step = int(state["step"])
+        self.consumed = int(state["consumed"])
+        rng = pickle.loads(state["rng"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            try:
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            except RuntimeError:
+                pass  # fewer GPUs now than at save time
+
+
+def step_dirs(root: str | Path, valid_only: bool = True) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        m = STEP_DIR.match(child.name)
+        if m and child.is_dir() and (not valid_only or is_valid(child)):
+            found.append((int(m.group(1)), child))
+    return sorted(found)
+
+
+def is_valid(folder: Path) -> bool:
+    return (folder / ".metadata").is_file() and (folder / "trainer.json").is_file()
+
+
+@dataclass
+class SaveHandle:
+    """A save in flight (async) or done (sync)."""
+
+    folder: Path
+    future: Any = None
+
+    def wait(self) -> None:
+        if self.future is not None:
+            result = self.future
+            # async_save returns a Future, or an AsyncSaveResponse holding one.
+            fut = getattr(result, "upload_completion", None) or result
+            fut.result()
+            self.future = None
+
+
+class CheckpointManager:
+    def __init__(self, root: str | Path, keep: int = 2, async_save: bool = False):
+        self.root = Path(root)
+        self.keep = max(2, keep)
+        self.async_save = async_save
+        self.pending: SaveHandle | None = None
+        self._stager = None
+
+    def save(self, state: TrainState, info: dict[str, Any]) -> SaveHandle:
+        """Save ``state`` as ``step-N``; ``info`` (run config, layout) goes to ``trainer.json``."""
+        self.wait()
+        folder = self.root / f"step-{state.step}"
+        if _rank() == 0:
+            if folder.exists():
+                shutil.rmtree(folder)  # an invalid leftover of a crashed save
+            folder.mkdir(parents=True)
+        _barrier()
+        sd = {"train": state}
+        if self.async_save:
+            future = dcp.async_save(sd, checkpoint_id=str(folder), async_stager=self._cpu_stager())
+            handle = SaveHandle(folder, future)
+            handle.info = info  # type: ignore[attr-defined]
+            self.pending = handle
+            return handle
+        try:
+            dcp.save(sd, checkpoint_id=str(folder))
+        except OSError as exc:
+            self._discard(folder, exc)
+            raise
+        self._finish(folder, info)
+        return SaveHandle(folder)
+
+    def wait(self) -> None:
+        """Block until an async save in flight is on disk, then mark it valid."""
+        if self.pending is None:
+            return
+        handle, self.pending = self.pending, None
+        try:
+            handle.wait()
+        except OSError as exc:
+            self._discard(handle.folder, exc)
+            raise
+        self._finish(handle.folder, handle.info)  # type: ignore[attr-defined]
+
+    def _cpu_stager(self):
+        # The default stager wants pinned memory and CUDA streams; on a CPU-only machine, stage
+        # synchronously to plain memory and let the write happen in the background thread.
+        if self._stager is None:
+            from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+
+            gpu = torch.cuda.is_available()
+            self._stager = DefaultStager(StagingOptions(gpu, False, gpu, gpu))
+        return self._stager
+
+    def close(self) -> None:
+        self.wait()
+        if self._stager is not None:
+            self._stager.close()
+            self._stager = None
+
+    def _finish(self, folder: Path, info: dict[str, Any]) -> None:
+        _barrier()
+        if _rank() == 0:
+            tmp = folder / "trainer.json.tmp"
+            tmp.write_text(json.dumps(info, indent=2))
+            os.replace(tmp, folder / "trainer.json")
+            for _, old in step_dirs(self.root)[: -self.keep]:
+                shutil.rmtree(old, ignore_errors=True)
+        _barrier()
+
+    def _discard(self, folder: Path, exc: Exception) -> None:
+        if _rank() == 0:
+            print(f"checkpoint {folder.name} failed ({exc}); the previous one stays valid", file=sys.stderr)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def load_latest(self, state: TrainState) -> Path | None:
+        """Load the newest checkpoint that loads; say so when one has to be skipped."""
+        for _step, folder in reversed(step_dirs(self.root)):
+            try:
+                dcp.load({"train": state}, checkpoint_id=str(folder))
+                return folder
+            except Exception as exc:  # a corrupt or truncated checkpoint
+                if _rank() == 0:
+                    reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
+                    print(f"checkpoint {folder.name} is unreadable ({reason}); trying an older one", file=sys.stderr)
+        return None
+
+
+def checkpoint_info(folder: str | Path) -> dict[str, Any]:
+    """What ``cmc checkpoint info`` shows: from trainer.json and DCP's metadata."""
+    folder = Path(folder)
+    if not is_valid(folder):
+        latest = step_dirs(folder)
+        if not latest:
+            raise FileNotFoundError(f"{folder}: no valid checkpoint (a step-N folder with .metadata)")
+        folder = latest[-1][1]
+    info = json.loads((folder / "trainer.json").read_text())
+    reader = dcp.FileSystemReader(str(folder))
+    meta = reader.read_metadata()
+    params = 0
+    for key, md in meta.state_dict_metadata.items():
+        if key.startswith("train.model.") and hasattr(md, "size"):
+            params += int(np.prod(md.size))
+    size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    return {
+        "folder": str(folder),
+        "step": info.get("step"),
+        "consumed_samples": info.get("consumed"),
+        "world_size": info.get("world_size"),
+        "layout": info.get("layout"),
+        "parameters": params,
+        "bytes": size,
+        "files": sorted(f.name for f in folder.iterdir()),
+    }

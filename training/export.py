@@ -1,0 +1,52 @@
+"""Checkpoint → `save_pretrained` folder (safetensors + tokenizer) that `cmc complete` loads."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from training.checkpoint import is_valid, step_dirs
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A valid ``step-N`` folder: ``path`` itself, or the newest under it (or under its checkpoints/)."""
+    path = Path(path)
+    if is_valid(path):
+        return path
+    for root in (path, path / "checkpoints"):
+        found = step_dirs(root)
+        if found:
+            return found[-1][1]
+    raise FileNotFoundError(f"{path}: no valid checkpoint (a step-N folder with .metadata and trainer.json)")
+
+
+def export_checkpoint(path: str | Path, out: str | Path, dtype: str = "float32", max_shard_size: str = "15MB") -> Path:
+    """Write the model weights of a checkpoint as a transformers folder at ``out``."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    folder = find_checkpoint(path)
+    info = json.loads((folder / "trainer.json").read_text())
+    init = Path(info["model_init"])
+    if not init.is_absolute() and not init.exists():
+        init = folder.parent.parent / "model_init"
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    state = {"train": {"model": model.state_dict()}}
+    dcp.load(state, checkpoint_id=str(folder))
+    model.load_state_dict(state["train"]["model"])
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.to(getattr(torch, dtype)).save_pretrained(tmp, max_shard_size=max_shard_size)
+    AutoTokenizer.from_pretrained(init).save_pretrained(tmp)
+    meta = json.loads((init / "cmc.json").read_text()) if (init / "cmc.json").exists() else {}
+    meta.update({"step": info.get("step"), "consumed_samples": info.get("consumed")})
+    (tmp / "cmc.json").write_text(json.dumps(meta, indent=2))
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
