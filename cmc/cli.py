@@ -32,18 +32,36 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--repo", default=".", show_default=True, help="Repository whose staged change is used.")
+@click.option(
+    "--repo", default=".", show_default=True, help="Repository whose staged change is used."
+)
 @click.option("--prefix", default=None, help="Typed start of the message to complete.")
-@click.option("--message-file", type=click.Path(dir_okay=False), help="Read the typed text from a file.")
-@click.option("-n", "num", default=3, show_default=True, type=click.IntRange(1, 20), help="Candidates.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON: prefix, candidates, model, latency.")
-@click.option("--model", default=None, help="Model folder or hub id (default: see `cmc hook status`).")
-@click.option("--no-history", is_flag=True, help="Do not show the model the author's earlier messages.")
-@click.option("--batch", type=click.Path(exists=True, dir_okay=False), help="CommitChronicle JSONL rows in.")
+@click.option(
+    "--message-file", type=click.Path(dir_okay=False), help="Read the typed text from a file."
+)
+@click.option(
+    "-n", "num", default=3, show_default=True, type=click.IntRange(1, 20), help="Candidates."
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON: prefix, candidates, model, latency."
+)
+@click.option(
+    "--model", default=None, help="Model folder or hub id (default: see `cmc hook status`)."
+)
+@click.option(
+    "--no-history", is_flag=True, help="Do not show the model the author's earlier messages."
+)
+@click.option(
+    "--batch", type=click.Path(exists=True, dir_okay=False), help="CommitChronicle JSONL rows in."
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="With --batch: JSONL results out.")
-@click.option("--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width.")
+@click.option(
+    "--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width."
+)
 @click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 512))
-def complete(repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens):
+def complete(
+    repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens
+):
     """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
     from cmc.complete import complete_context, complete_rows, context_from_repo, read_jsonl
     from cmc.decoding import DecodeSettings
@@ -70,7 +88,8 @@ def complete(repo, prefix, message_file, num, as_json, model, no_history, batch,
     typed = prefix or ""
     if message_file:
         try:
-            text = open(message_file, encoding="utf-8", errors="replace").read()
+            with open(message_file, encoding="utf-8", errors="replace") as f:
+                text = f.read()
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed, _ = split_message_file(text, git_repo.config("core.commentChar") or "#")
@@ -90,7 +109,11 @@ def hook() -> None:
 
 
 def _echo_status(st) -> None:
-    state = "installed" if st.installed else ("not installed (another hook is there)" if st.foreign else "not installed")
+    state = (
+        "installed"
+        if st.installed
+        else ("not installed (another hook is there)" if st.foreign else "not installed")
+    )
     click.echo(f"hook: {state} at {st.hook_path}")
     if st.chained is not None:
         click.echo(f"chained: {st.chained} (runs first)")
@@ -129,7 +152,9 @@ def hook_status(repo):
     enabled = git_repo.config_bool("cmc.enabled", True) and os.environ.get("CMC_DISABLE") != "1"
     click.echo(f"enabled: {'yes' if enabled else 'no'}")
     try:
-        click.echo(f"model: {resolve_model(None, git_repo.config('cmc.model'), str(git_repo.common_dir))}")
+        click.echo(
+            f"model: {resolve_model(None, git_repo.config('cmc.model'), str(git_repo.common_dir))}"
+        )
     except CmcError as exc:
         click.echo(f"model: none ({exc})")
     click.echo(f"timeout: {git_repo.config('cmc.timeout') or hook_mod.DEFAULT_TIMEOUT_S}s")

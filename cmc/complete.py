@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from cmc.diffs import process_diff
@@ -56,10 +56,7 @@ def context_from_repo(repo: Any, use_history: bool = True, max_diff_chars: int =
 
 def context_from_row(row: dict, use_history: bool = True) -> Context:
     """A CommitChronicle-schema row: ``mods`` (raw hunks or processed) or ``diff``, ``history``."""
-    if row.get("mods") is not None:
-        diff = process_diff(row["mods"])
-    else:
-        diff = row.get("diff") or ""
+    diff = process_diff(row["mods"]) if row.get("mods") is not None else row.get("diff") or ""
     history: list[str] = []
     if use_history:
         for past in row.get("history") or []:
@@ -69,14 +66,18 @@ def context_from_row(row: dict, use_history: bool = True) -> Context:
     return Context(diff, history)
 
 
-def complete_context(lm: Any, context: Context, typed: str, n: int = 3, settings: Any = None) -> Completion:
+def complete_context(
+    lm: Any, context: Context, typed: str, n: int = 3, settings: Any = None
+) -> Completion:
     """Up to ``n`` distinct completions of ``typed`` for this context, best first."""
     from cmc.decoding import DecodeSettings, generate_candidates
 
     settings = settings or DecodeSettings()
     started = time.perf_counter()
     head, tail = split_typed(typed)
-    prompt = build_prompt(lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget)
+    prompt = build_prompt(
+        lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget
+    )
     candidates = generate_candidates(
         lm.model,
         lm.tokenizer,
@@ -120,6 +121,3 @@ def read_jsonl(path: str) -> Iterable[dict]:
                 yield json.loads(line)
             except json.JSONDecodeError as exc:
                 raise CmcError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from exc
-
-
-__all__ = ["Completion", "Context", "asdict", "complete_context", "complete_rows"]

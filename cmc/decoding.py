@@ -15,7 +15,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
@@ -39,7 +39,7 @@ def _byte_decoder() -> dict[str, int]:
 class TokenTable:
     """The bytes each token id stands for, indexed for prefix queries."""
 
-    _cache: dict[int, TokenTable] = {}
+    _cache: ClassVar[dict[int, TokenTable]] = {}
 
     def __init__(self, tokenizer: Any):
         vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
@@ -129,7 +129,11 @@ class MessageNoRepeatNGram(LogitsProcessor):
             if len(toks) < n:
                 continue
             prev = tuple(toks[len(toks) - n + 1 :])
-            banned = [toks[i + n - 1] for i in range(len(toks) - n + 1) if tuple(toks[i : i + n - 1]) == prev]
+            banned = [
+                toks[i + n - 1]
+                for i in range(len(toks) - n + 1)
+                if tuple(toks[i : i + n - 1]) == prev
+            ]
             if banned:
                 scores[row, banned] = -float("inf")
         return scores
@@ -196,7 +200,9 @@ def generate_candidates(
         if not generated.startswith(tail):
             continue  # cannot happen unless max_new ran out inside the tail
         message = (head + generated).rstrip()
-        continuation = message[len(typed) :] if message.startswith(typed) else generated[len(tail) :]
+        continuation = (
+            message[len(typed) :] if message.startswith(typed) else generated[len(tail) :]
+        )
         key = message.strip()
         if not key or key in seen:
             continue

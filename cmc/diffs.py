@@ -81,7 +81,7 @@ def _split_diff_git_line(rest: str) -> tuple[str, str]:
         return unquote_path(a)[2:], unquote_path(b)[2:]
     if rest.endswith('"'):
         start = rest.rindex(' "')
-        return rest[: start][2:], unquote_path(rest[start + 1 :])[2:]
+        return rest[:start][2:], unquote_path(rest[start + 1 :])[2:]
     # Unquoted: "a/P b/P" for an unrenamed file, so the halves are equal.
     half = (len(rest) - 5) // 2
     if half > 0 and rest[2 : 2 + half] == rest[-half:]:
@@ -100,7 +100,9 @@ class _FileSection:
     truncated: bool = False
 
     def to_mod(self) -> Mod:
-        return Mod(self.change_type, self.old_path, self.new_path, "".join(self.hunks), self.truncated)
+        return Mod(
+            self.change_type, self.old_path, self.new_path, "".join(self.hunks), self.truncated
+        )
 
 
 def parse_patch(lines: Iterable[str], max_chars_per_file: int | None = None) -> Iterator[Mod]:

@@ -111,7 +111,9 @@ class Exclusions:
             negate, pat = raw.startswith("!"), raw.lstrip("!")
             pat = pat.rstrip("/") + "/*" if pat.endswith("/") else pat
             target = path if "/" in pat else name
-            if fnmatch.fnmatchcase(target, pat) or ("/" in pat and fnmatch.fnmatchcase(path, pat.lstrip("/"))):
+            if fnmatch.fnmatchcase(target, pat) or (
+                "/" in pat and fnmatch.fnmatchcase(path, pat.lstrip("/"))
+            ):
                 excluded = not negate
         return excluded
 

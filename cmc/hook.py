@@ -36,12 +36,19 @@ SCISSORS = "------------------------ >8 ------------------------"
 def _git(repo: str | Path, *args: str) -> str:
     try:
         out = subprocess.run(
-            ["git", *args], cwd=repo, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL
+            ["git", *args],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+            stdin=subprocess.DEVNULL,
         )
     except FileNotFoundError as exc:
         raise CmcError("git is not installed or not on PATH") from exc
     except subprocess.CalledProcessError as exc:
-        raise CmcError(f"{repo}: {exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else 'git failed'}") from exc
+        raise CmcError(
+            f"{repo}: {exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else 'git failed'}"
+        ) from exc
     return out.stdout.strip()
 
 
@@ -70,7 +77,9 @@ def hook_status(repo: str | Path = ".") -> HookStatus:
     target = hooks_dir(repo) / HOOK_NAME
     chained = target.with_name(HOOK_NAME + CHAINED_SUFFIX)
     installed = target.exists() and is_ours(target)
-    return HookStatus(target, installed, chained if chained.exists() else None, target.exists() and not installed)
+    return HookStatus(
+        target, installed, chained if chained.exists() else None, target.exists() and not installed
+    )
 
 
 def install(repo: str | Path = ".") -> HookStatus:
@@ -142,8 +151,10 @@ def render_message(best: str, alternatives: list[str], comments: list[str], comm
 
 def _skip_reason(repo, source: str, typed: str) -> str | None:
     sources = repo.config("cmc.sources")
-    wanted = DEFAULT_SOURCES if sources is None else tuple(
-        "" if s in ("empty", "none") else s for s in sources.replace(",", " ").split()
+    wanted = (
+        DEFAULT_SOURCES
+        if sources is None
+        else tuple("" if s in ("empty", "none") else s for s in sources.replace(",", " ").split())
     )
     if source not in wanted:
         return f"message source {source or 'empty'!r}"
@@ -200,13 +211,19 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
         worker.join(timeout)
         if worker.is_alive():
             _log(git_dir, f"timed out after {timeout:g}s; message left as it was")
-            print(f"cmc: no suggestion (timed out after {timeout:g}s; see `git config cmc.timeout`)", file=sys.stderr)
+            print(
+                f"cmc: no suggestion (timed out after {timeout:g}s; see `git config cmc.timeout`)",
+                file=sys.stderr,
+            )
             sys.stderr.flush()
             os._exit(0)  # the worker may sit inside torch; don't wait for it
         if "error" in result:
             _log(git_dir, result["trace"])
             exc = result["error"]
-            print(f"cmc: no suggestion ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
+            print(
+                f"cmc: no suggestion ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+                file=sys.stderr,
+            )
             return 0
         completion = result["completion"]
         if not completion.candidates:
@@ -217,7 +234,10 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
         _log(git_dir, f"suggested in {completion.latency_ms:.0f} ms with {completion.model}")
     except Exception as exc:
         _log(git_dir, traceback.format_exc())
-        print(f"cmc: no suggestion ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})", file=sys.stderr)
+        print(
+            f"cmc: no suggestion ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            file=sys.stderr,
+        )
     return 0
 
 

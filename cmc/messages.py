@@ -44,7 +44,9 @@ _TRAILER = re.compile(
 _CHERRY = re.compile(r"^\s*\(cherry picked from commit [0-9a-f]+\)\s*$", re.IGNORECASE | re.M)
 _EMAIL = re.compile(r"<?[\w.+-]+@[\w-]+(?:\.[\w-]+)+>?")
 _URL = re.compile(r"(?:https?|ftp|ssh|git)://\S+|www\.\S+", re.IGNORECASE)
-_ISSUE = re.compile(r"(?<![\w/])(?:(?:GH|gh)-\d+|[A-Z][A-Z0-9]{1,9}-\d+|[\w.-]+/[\w.-]+#\d+|#\d+)\b")
+_ISSUE = re.compile(
+    r"(?<![\w/])(?:(?:GH|gh)-\d+|[A-Z][A-Z0-9]{1,9}-\d+|[\w.-]+/[\w.-]+#\d+|#\d+)\b"
+)
 _MENTION = re.compile(r"(?<![\w@])@[A-Za-z0-9][\w-]*")
 _SHA = re.compile(r"\b(?=[0-9a-f]*\d)(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
 _EMPTY_BRACKETS = re.compile(r"\(\s*[,;]?\s*\)|\[\s*[,;]?\s*\]")

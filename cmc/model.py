@@ -54,6 +54,19 @@ class LoadedModel:
 _LOADED: dict[str, LoadedModel] = {}
 
 
+def _cpu_dtype():
+    """bf16 where the CPU computes it natively (AMX / AVX512-BF16: ~3x faster prefill), else fp32."""
+    import torch
+
+    if os.environ.get("CMC_DTYPE") in ("float32", "bfloat16"):
+        return getattr(torch, os.environ["CMC_DTYPE"])
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return torch.float32
+    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else torch.float32
+
+
 def read_budget(path: str) -> Budget:
     """Prompt budgets saved beside a model by cmc (``cmc.json``), or the defaults."""
     meta = Path(path) / "cmc.json"
@@ -70,11 +83,12 @@ def load_model(spec: str) -> LoadedModel:
     local = Path(spec).expanduser()
     if local.exists() and not is_model_dir(local):
         raise CmcError(f"model folder {spec} has no config.json (is it a save_pretrained folder?)")
-    if not local.exists() and (spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1):
+    if not local.exists() and (
+        spec.startswith((".", "/", "~")) or (os.sep in spec and spec.count("/") > 1)
+    ):
         raise CmcError(f"model {spec} not found")
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -88,10 +102,12 @@ def load_model(spec: str) -> LoadedModel:
             # which the shared prompt format does not build yet.
             raise CmcError(f"model {spec} is an encoder-decoder (seq2seq); cmc needs a causal LM")
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_cpu_dtype())
     except (OSError, ValueError) as exc:
         raise CmcError(f"cannot load model {spec}: {str(exc).splitlines()[0]}") from exc
     model.eval()
-    loaded = LoadedModel(spec, model, tokenizer, read_budget(source) if local.exists() else DEFAULT_BUDGET)
+    loaded = LoadedModel(
+        spec, model, tokenizer, read_budget(source) if local.exists() else DEFAULT_BUDGET
+    )
     _LOADED[spec] = loaded
     return loaded

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 BOS = "<|endoftext|>"
 EOS = "<|endoftext|>"
@@ -79,7 +79,7 @@ def _marker_ids(tokenizer: Any, marker: str) -> list[int]:
 class _Markers:
     """Token ids of the markers for one tokenizer (looked up once)."""
 
-    _cache: dict[int, _Markers] = {}
+    _cache: ClassVar[dict[int, _Markers]] = {}
 
     def __init__(self, tokenizer: Any):
         self.bos = _marker_ids(tokenizer, BOS)

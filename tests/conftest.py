@@ -14,10 +14,18 @@ LEARNED_MESSAGE = "Fix parser crash on empty configuration files"
 LEARNED_DIFF_FILE = "src/parser.py"
 
 
-def git(repo: Path, *args: str, env: dict | None = None, check: bool = True, input: str | None = None):
+def git(
+    repo: Path, *args: str, env: dict | None = None, check: bool = True, input: str | None = None
+):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        ["git", *args], cwd=repo, env=full_env, capture_output=True, text=True, check=check, input=input
+        ["git", *args],
+        cwd=repo,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        check=check,
+        input=input,
     )
 
 
@@ -74,7 +82,9 @@ def tiny_model(tmp_path_factory) -> Path:
     from training.tokenizer import train_tokenizer
 
     corpus = [LEARNED_MESSAGE, learned_diff(), PARSER_AFTER] * 5 + [
-        "Add tests for the tokenizer", "Update documentation of the parser", "Refactor configuration loading",
+        "Add tests for the tokenizer",
+        "Update documentation of the parser",
+        "Refactor configuration loading",
     ]
     tokenizer = train_tokenizer(corpus, vocab_size=400, min_frequency=1)
     model = new_model(tokenizer, "tiny", max_positions=1024)

@@ -78,7 +78,10 @@ class TrainState(Stateful):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         set_state_dict(
-            self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
         )
         self.step = int(state["step"])
         self.consumed = int(state["consumed"])
@@ -198,7 +201,10 @@ class CheckpointManager:
 
     def _discard(self, folder: Path, exc: Exception) -> None:
         if _rank() == 0:
-            print(f"checkpoint {folder.name} failed ({exc}); the previous one stays valid", file=sys.stderr)
+            print(
+                f"checkpoint {folder.name} failed ({exc}); the previous one stays valid",
+                file=sys.stderr,
+            )
             shutil.rmtree(folder, ignore_errors=True)
 
     def load_latest(self, state: TrainState) -> Path | None:
@@ -209,8 +215,15 @@ class CheckpointManager:
                 return folder
             except Exception as exc:  # a corrupt or truncated checkpoint
                 if _rank() == 0:
-                    reason = str(exc).strip().splitlines()[-1][:200] if str(exc).strip() else type(exc).__name__
-                    print(f"checkpoint {folder.name} is unreadable ({reason}); trying an older one", file=sys.stderr)
+                    reason = (
+                        str(exc).strip().splitlines()[-1][:200]
+                        if str(exc).strip()
+                        else type(exc).__name__
+                    )
+                    print(
+                        f"checkpoint {folder.name} is unreadable ({reason}); trying an older one",
+                        file=sys.stderr,
+                    )
         return None
 
 
@@ -220,7 +233,9 @@ def checkpoint_info(folder: str | Path) -> dict[str, Any]:
     if not is_valid(folder):
         latest = step_dirs(folder)
         if not latest:
-            raise FileNotFoundError(f"{folder}: no valid checkpoint (a step-N folder with .metadata)")
+            raise FileNotFoundError(
+                f"{folder}: no valid checkpoint (a step-N folder with .metadata)"
+            )
         folder = latest[-1][1]
     info = json.loads((folder / "trainer.json").read_text())
     reader = dcp.FileSystemReader(str(folder))

@@ -18,10 +18,14 @@ def find_checkpoint(path: str | Path) -> Path:
         found = step_dirs(root)
         if found:
             return found[-1][1]
-    raise FileNotFoundError(f"{path}: no valid checkpoint (a step-N folder with .metadata and trainer.json)")
+    raise FileNotFoundError(
+        f"{path}: no valid checkpoint (a step-N folder with .metadata and trainer.json)"
+    )
 
 
-def export_checkpoint(path: str | Path, out: str | Path, dtype: str = "float32", max_shard_size: str = "15MB") -> Path:
+def export_checkpoint(
+    path: str | Path, out: str | Path, dtype: str = "float32", max_shard_size: str = "15MB"
+) -> Path:
     """Write the model weights of a checkpoint as a transformers folder at ``out``."""
     import torch
     import torch.distributed.checkpoint as dcp

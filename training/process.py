@@ -69,7 +69,9 @@ def is_bot(name: str | None) -> bool:
     if not name:
         return False
     low = name.strip().lower()
-    return bool(_BOT_NAME.search(low)) or low in KNOWN_BOTS or low.removesuffix("[bot]") in KNOWN_BOTS
+    return (
+        bool(_BOT_NAME.search(low)) or low in KNOWN_BOTS or low.removesuffix("[bot]") in KNOWN_BOTS
+    )
 
 
 def outlier_features(row: dict) -> dict[str, int]:
@@ -84,14 +86,18 @@ def outlier_features(row: dict) -> dict[str, int]:
     }
 
 
-def percentile_ranges(rows: Iterable[dict], low: float = 5, high: float = 95) -> dict[str, tuple[int, int]]:
+def percentile_ranges(
+    rows: Iterable[dict], low: float = 5, high: float = 95
+) -> dict[str, tuple[int, int]]:
     import numpy as np
 
     feats = defaultdict(list)
     for row in rows:
         for k, v in outlier_features(row).items():
             feats[k].append(v)
-    return {k: (int(np.percentile(v, low)), int(np.percentile(v, high))) for k, v in feats.items() if v}
+    return {
+        k: (int(np.percentile(v, low)), int(np.percentile(v, high))) for k, v in feats.items() if v
+    }
 
 
 def parse_date(text: str) -> datetime:
@@ -112,7 +118,10 @@ class Funnel:
         self.steps.append((rule, removed))
 
     def table(self, final: dict[str, int]) -> str:
-        lines = [f"{'rule':<38} {'removed':>9} {'left':>9}", f"{'input':<38} {'':>9} {self.start:>9}"]
+        lines = [
+            f"{'rule':<38} {'removed':>9} {'left':>9}",
+            f"{'input':<38} {'':>9} {self.start:>9}",
+        ]
         left = self.start
         for rule, removed in self.steps:
             left -= removed
@@ -151,7 +160,9 @@ def process_row(row: dict, ranges: dict[str, tuple[int, int]]) -> tuple[str | No
     for mod in row.get("mods") or []:
         diff = process_file_diff(mod.get("diff") or "")
         has_content = has_content or bool(diff)
-        mods.append({**{k: mod.get(k) for k in ("change_type", "old_path", "new_path")}, "diff": diff})
+        mods.append(
+            {**{k: mod.get(k) for k in ("change_type", "old_path", "new_path")}, "diff": diff}
+        )
     if not has_content:
         return "diff: empty after processing", None
     out = dict(row)
@@ -169,7 +180,7 @@ def assign_splits(rows: list[dict], split_by: str, seed: int) -> None:
             by_repo[row.get("repo")].append(row)
         for repo_rows in by_repo.values():
             repo_rows.sort(key=lambda r: parse_date(r.get("date")))
-            cut = max(1, int(round(len(repo_rows) * 0.9))) if len(repo_rows) > 1 else 1
+            cut = max(1, round(len(repo_rows) * 0.9)) if len(repo_rows) > 1 else 1
             for i, row in enumerate(repo_rows):
                 row["split"] = "train" if i < cut else "validation"
         return
@@ -184,7 +195,9 @@ def assign_splits(rows: list[dict], split_by: str, seed: int) -> None:
         n = len(repos)
         n_val = n_test = max(1, round(n * 0.1)) if n >= 3 else 0
         for i, repo in enumerate(repos):
-            assignment[repo] = "validation" if i < n_val else ("test" if i < n_val + n_test else "train")
+            assignment[repo] = (
+                "validation" if i < n_val else ("test" if i < n_val + n_test else "train")
+            )
     for row in rows:
         row["split"] = assignment[row.get("repo")]
 
@@ -216,7 +229,9 @@ def process_rows(
             removed[reason] += 1
         else:
             kept.append(out)
-    order = [f"outlier: {k}" for k in PUBLISHED_RANGES] + sorted(k for k in removed if k.startswith("message"))
+    order = [f"outlier: {k}" for k in PUBLISHED_RANGES] + sorted(
+        k for k in removed if k.startswith("message")
+    )
     order += ["diff: empty after processing"]
     for rule in order:
         funnel.add(rule, removed.get(rule, 0))
@@ -247,7 +262,8 @@ def process_rows(
     deduped = [
         r
         for r in deduped
-        if r["split"] != "train" or (r["_msg_hash"] not in held_msgs and r["_diff_hash"] not in held_diffs)
+        if r["split"] != "train"
+        or (r["_msg_hash"] not in held_msgs and r["_diff_hash"] not in held_diffs)
     ]
     funnel.add("dedup: train clones validation/test", before - len(deduped))
 
@@ -319,7 +335,9 @@ def load_raw(inputs: Iterable[str]) -> list[dict]:
         elif path.is_dir():
             found = False
             for split in SPLITS:
-                for f in sorted((path / split).glob("*.parquet")) if (path / split).is_dir() else []:
+                for f in (
+                    sorted((path / split).glob("*.parquet")) if (path / split).is_dir() else []
+                ):
                     rows += _read_parquet(f, split)
                     found = True
             if not found:
@@ -349,7 +367,9 @@ def load_hub(dataset_id: str, **kwargs) -> list[dict]:
     return rows
 
 
-def save_processed(per_split: dict[str, list[dict]], funnel: Funnel, out: str | Path) -> dict[str, int]:
+def save_processed(
+    per_split: dict[str, list[dict]], funnel: Funnel, out: str | Path
+) -> dict[str, int]:
     """DatasetDict (``OUT/dataset``), parquet per split (``OUT/parquet``), funnel (``OUT/funnel.*``)."""
     from datasets import Dataset, DatasetDict
 

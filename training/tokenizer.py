@@ -23,7 +23,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8192, min_frequency:
         show_progress=False,
     )
     tok.train_from_iterator(_strings(texts), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=None
+    )
     fast.add_special_tokens({"additional_special_tokens": [t for t in SPECIAL_TOKENS if t != EOS]})
     return fast
 

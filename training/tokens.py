@@ -39,7 +39,9 @@ class CachedEncoder:
         return self.tokenizer.convert_tokens_to_ids(token)
 
 
-def example_ids(encoder: Any, row: dict, budget: Budget, use_history: bool = True) -> tuple[list[int], int]:
+def example_ids(
+    encoder: Any, row: dict, budget: Budget, use_history: bool = True
+) -> tuple[list[int], int]:
     """Token ids and message start of one processed row (CommitChronicle schema + ``history``)."""
     prompt = build_prompt(
         encoder,
@@ -94,7 +96,9 @@ def pretokenize_split(
     bar = tqdm(total=n, desc=f"tokenize {split}", disable=not progress, unit="ex")
     with tokens_path.open("wb") as f:
         if workers > 1:
-            pool = get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir), asdict(budget)))
+            pool = get_context("spawn").Pool(
+                workers, _init_worker, (str(tokenizer_dir), asdict(budget))
+            )
             results = pool.imap(_encode_chunk, chunks)
         else:
             _init_worker(str(tokenizer_dir), asdict(budget))

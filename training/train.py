@@ -37,7 +37,9 @@ from training.tokens import TokenDataset
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="training.train", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="pre-tokenized data folder (training.tokens)")
-    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, model_init")
+    p.add_argument(
+        "--out", required=True, help="run folder: checkpoints, metrics.jsonl, model_init"
+    )
     src = p.add_mutually_exclusive_group()
     src.add_argument("--base", help="initialize from a transformers causal-LM folder or hub id")
     src.add_argument("--config", help="train from scratch: a size from training.modeling.SIZES")
@@ -56,12 +58,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--async-save", action="store_true")
     p.add_argument("--fsdp", action="store_true", help="shard with FSDP2 instead of DDP")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--eval-every", type=int, default=0, help="validation loss every K steps (0: at the end)")
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="validation loss every K steps (0: at the end)"
+    )
     p.add_argument("--eval-examples", type=int, default=512)
     p.add_argument("--log-every", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU runs)")
-    p.add_argument("--stop-after-seconds", type=float, default=0, help="stop cleanly (with a checkpoint) after this long")
+    p.add_argument(
+        "--stop-after-seconds",
+        type=float,
+        default=0,
+        help="stop cleanly (with a checkpoint) after this long",
+    )
     return p.parse_args(argv)
 
 
@@ -105,7 +114,9 @@ def prepare_init(args: argparse.Namespace, out: Path, rank: int) -> Path:
             tokenizer = AutoTokenizer.from_pretrained(args.base)
         else:
             if not args.config or not args.tokenizer:
-                raise SystemExit("training.train: give --base MODEL, or --config SIZE with --tokenizer DIR")
+                raise SystemExit(
+                    "training.train: give --base MODEL, or --config SIZE with --tokenizer DIR"
+                )
             from training.modeling import new_model
 
             tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
@@ -115,18 +126,26 @@ def prepare_init(args: argparse.Namespace, out: Path, rank: int) -> Path:
         tokenizer.save_pretrained(tmp)
         budget = Path(args.data) / "train.meta.json"
         if budget.exists():
-            (tmp / "cmc.json").write_text(json.dumps({"budget": json.loads(budget.read_text())["budget"]}))
+            (tmp / "cmc.json").write_text(
+                json.dumps({"budget": json.loads(budget.read_text())["budget"]})
+            )
         os.replace(tmp, init)
     if dist.is_initialized():
         dist.barrier()
     return init
 
 
-def wrap_model(model: torch.nn.Module, args: argparse.Namespace, world: int, device: torch.device, bf16: bool):
+def wrap_model(
+    model: torch.nn.Module, args: argparse.Namespace, world: int, device: torch.device, bf16: bool
+):
     if args.fsdp and world > 1:
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else None
+        mp = (
+            MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            if bf16
+            else None
+        )
         kw = {"mp_policy": mp} if mp else {}
         for layer in model.model.layers:
             fully_shard(layer, **kw)
@@ -182,11 +201,23 @@ def forward_loss_sum(model, batch, bf16: bool, device: torch.device) -> torch.Te
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with ctx:
         logits = model(input_ids=ids, logits_to_keep=positions, use_cache=False).logits
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
+    return F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
+    )
 
 
 @torch.no_grad()
-def evaluate(model, data: TokenDataset, count: int, rank: int, world: int, mb: int, pad: int, bf16: bool, device):
+def evaluate(
+    model,
+    data: TokenDataset,
+    count: int,
+    rank: int,
+    world: int,
+    mb: int,
+    pad: int,
+    bf16: bool,
+    device,
+):
     model.eval()
     examples = list(range(min(count, len(data))))[rank::world]
     total = torch.zeros(2, dtype=torch.float64, device=device)
@@ -231,7 +262,11 @@ def trim_metrics(path: Path, step: int) -> None:
     """Drop metric lines past the resumed step (they will be produced again, identically)."""
     if not path.exists():
         return
-    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    kept = [
+        ln
+        for ln in path.read_text().splitlines()
+        if ln.strip() and json.loads(ln).get("step", 0) <= step
+    ]
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
@@ -242,7 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
     if args.global_batch_size % world:
-        raise SystemExit(f"--global-batch-size {args.global_batch_size} must be divisible by {world} processes")
+        raise SystemExit(
+            f"--global-batch-size {args.global_batch_size} must be divisible by {world} processes"
+        )
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     torch.manual_seed(args.seed)
 
@@ -260,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
         lr=args.lr,
         betas=(0.9, 0.95),
         eps=1e-8,
@@ -269,7 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     forward_model = torch.compile(model) if args.compile else model
 
     data = TokenDataset(args.data, "train")
-    val = TokenDataset(args.data, "validation") if (Path(args.data) / "validation.index.npy").exists() else None
+    val = (
+        TokenDataset(args.data, "validation")
+        if (Path(args.data) / "validation.index.npy").exists()
+        else None
+    )
     lengths = data.lengths()
     order = GlobalOrder(len(data), args.seed)
     per_rank = args.global_batch_size // world
@@ -282,7 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0:
         trim_metrics(metrics_path, state.step)
         if resumed:
-            print(f"resumed from {resumed} (step {state.step}, {state.consumed} samples) at {world} process(es), {layout}", file=sys.stderr)
+            print(
+                f"resumed from {resumed} (step {state.step}, {state.consumed} samples) at {world} process(es), {layout}",
+                file=sys.stderr,
+            )
     run_info = {
         "data": str(args.data),
         "global_batch_size": args.global_batch_size,
@@ -293,7 +340,14 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def save(reason: str) -> None:
-        info = {**run_info, "step": state.step, "consumed": state.consumed, "world_size": world, "layout": layout, "reason": reason}
+        info = {
+            **run_info,
+            "step": state.step,
+            "consumed": state.consumed,
+            "world_size": world,
+            "layout": layout,
+            "reason": reason,
+        }
         try:
             ckpt.save(state, info)
         except OSError:
@@ -304,7 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
 
-        progress = tqdm(total=args.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+        progress = tqdm(
+            total=args.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True
+        )
     last_saved = state.step
     tok_window, time_window = 0, time.perf_counter()
     model.train()
@@ -313,10 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         lr = lr_at(step, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        all_examples = [order.example(g) for g in range(step * args.global_batch_size, (step + 1) * args.global_batch_size)]
+        all_examples = [
+            order.example(g)
+            for g in range(step * args.global_batch_size, (step + 1) * args.global_batch_size)
+        ]
         total_tokens = loss_tokens(data, all_examples)
         mine = all_examples[rank::world]
-        groups = [g.tolist() for g in np.array_split(np.asarray(sorted(mine, key=lambda i: (int(lengths[i]), i))), n_micro)]
+        groups = [
+            g.tolist()
+            for g in np.array_split(
+                np.asarray(sorted(mine, key=lambda i: (int(lengths[i]), i))), n_micro
+            )
+        ]
         local = torch.zeros((), dtype=torch.float64, device=device)
         for k, group in enumerate(groups):
             sync = k == len(groups) - 1
@@ -340,7 +404,17 @@ def main(argv: list[str] | None = None) -> int:
 
         record = {"step": state.step, "loss": loss, "lr": lr, "samples": state.consumed}
         if args.eval_every and val is not None and state.step % args.eval_every == 0:
-            record["val_loss"] = evaluate(model, val, args.eval_examples, rank, world, args.micro_batch_size, pad_id, bf16, device)
+            record["val_loss"] = evaluate(
+                model,
+                val,
+                args.eval_examples,
+                rank,
+                world,
+                args.micro_batch_size,
+                pad_id,
+                bf16,
+                device,
+            )
         if rank == 0 and state.step % args.log_every == 0:
             elapsed = time.perf_counter() - time_window
             tok_total = tok_window * world
@@ -358,15 +432,21 @@ def main(argv: list[str] | None = None) -> int:
             last_saved = state.step
         if stopping:
             if rank == 0:
-                print(f"stopped at step {state.step}; run the same command to resume", file=sys.stderr)
+                print(
+                    f"stopped at step {state.step}; run the same command to resume", file=sys.stderr
+                )
             break
     if state.step != last_saved:
         save("end")
     ckpt.close()
     if val is not None and not stop.signalled:
-        val_loss = evaluate(model, val, args.eval_examples, rank, world, args.micro_batch_size, pad_id, bf16, device)
+        val_loss = evaluate(
+            model, val, args.eval_examples, rank, world, args.micro_batch_size, pad_id, bf16, device
+        )
         if rank == 0:
-            (out / "val_loss.json").write_text(json.dumps({"step": state.step, "val_loss": val_loss}) + "\n")
+            (out / "val_loss.json").write_text(
+                json.dumps({"step": state.step, "val_loss": val_loss}) + "\n"
+            )
     if progress is not None:
         progress.close()
     if dist.is_initialized():

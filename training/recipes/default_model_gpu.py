@@ -28,10 +28,14 @@ def unpack(data: Path) -> None:
         import pyarrow as pa
 
         raw = json.loads((data / "train.zst.json").read_text())["raw_bytes"]
-        target.write_bytes(pa.Codec("zstd").decompress(packed.read_bytes(), decompressed_size=raw).to_pybytes())
+        target.write_bytes(
+            pa.Codec("zstd").decompress(packed.read_bytes(), decompressed_size=raw).to_pybytes()
+        )
 
 
-def launch(args, size: str, out: Path, steps: int, warmup: int, save_every: int, seconds: float) -> subprocess.Popen:
+def launch(
+    args, size: str, out: Path, steps: int, warmup: int, save_every: int, seconds: float
+) -> subprocess.Popen:
     cmd = [
         sys.executable, "-m", "training.train", "--data", str(args.data), "--out", str(out),
         "--config", size, "--tokenizer", str(args.tokenizer), "--max-steps", str(steps),
@@ -40,8 +44,8 @@ def launch(args, size: str, out: Path, steps: int, warmup: int, save_every: int,
         "--save-every", str(save_every), "--no-progress", "--eval-examples", str(args.eval_examples),
         "--stop-after-seconds", str(seconds),
     ]  # fmt: skip
-    log = open(out.parent / f"{out.name}.log", "w")
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
 
 def main() -> int:
@@ -51,6 +55,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--seconds", type=float, default=390)
     p.add_argument("--probe-steps", type=int, default=30)
+    p.add_argument(
+        "--steps", type=int, default=0, help="skip the probe: this many steps for every size"
+    )
     p.add_argument("--sizes", nargs="+", default=["5m", "9m", "15m"])
     p.add_argument("--global-batch-size", type=int, default=128)
     p.add_argument("--micro-batch-size", type=int, default=64)
@@ -62,21 +69,39 @@ def main() -> int:
     unpack(args.data)
     meta = json.loads((args.data / "train.meta.json").read_text())
     per_example = meta["tokens"] / meta["examples"]
-    print(f"unpacked in {time.time() - t0:.0f}s; {meta['examples']} examples, {per_example:.0f} tokens each", flush=True)
+    print(
+        f"unpacked in {time.time() - t0:.0f}s; {meta['examples']} examples, {per_example:.0f} tokens each",
+        flush=True,
+    )
 
-    probes = {s: launch(args, s, args.out / f"probe-{s}", args.probe_steps, 5, 10**9, 0) for s in args.sizes}
+    probe_sizes = [] if args.steps else args.sizes
+    probes = {
+        s: launch(args, s, args.out / f"probe-{s}", args.probe_steps, 5, 10**9, 0)
+        for s in probe_sizes
+    }
     for proc in probes.values():
         proc.wait()
-    steps = {}
-    for s in args.sizes:
-        lines = [json.loads(ln) for ln in (args.out / f"probe-{s}" / "metrics.jsonl").read_text().splitlines()]
+    steps = {s: args.steps for s in args.sizes}
+    for s in probe_sizes:
+        lines = [
+            json.loads(ln)
+            for ln in (args.out / f"probe-{s}" / "metrics.jsonl").read_text().splitlines()
+        ]
         rate = float(np.median([ln["tokens_per_s"] for ln in lines[len(lines) // 3 :]]))
         steps[s] = max(50, int(rate * args.seconds / (per_example * args.global_batch_size)))
         print(f"{s}: probe {rate:.0f} tokens/s → {steps[s]} steps", flush=True)
     print(f"probes done at {time.time() - t0:.0f}s", flush=True)
 
     runs = {
-        s: launch(args, s, args.out / f"run-{s}", steps[s], min(200, steps[s] // 10), max(100, steps[s] // 5), args.seconds * 1.08)
+        s: launch(
+            args,
+            s,
+            args.out / f"run-{s}",
+            steps[s],
+            min(200, steps[s] // 10),
+            max(100, steps[s] // 5),
+            args.seconds * 1.08,
+        )
         for s in args.sizes
     }
     for proc in runs.values():
@@ -92,8 +117,15 @@ def main() -> int:
         except Exception as exc:
             print(f"{s}: export failed: {exc}", flush=True)
         lines = (run / "metrics.jsonl").read_text().splitlines()
-        val = (run / "val_loss.json").read_text().strip() if (run / "val_loss.json").exists() else "n/a"
-        print(f"{s}: {len(lines)} steps logged; last {lines[-1] if lines else 'none'}; val {val}", flush=True)
+        val = (
+            (run / "val_loss.json").read_text().strip()
+            if (run / "val_loss.json").exists()
+            else "n/a"
+        )
+        print(
+            f"{s}: {len(lines)} steps logged; last {lines[-1] if lines else 'none'}; val {val}",
+            flush=True,
+        )
     print(f"all done at {time.time() - t0:.0f}s", flush=True)
     return 0
 

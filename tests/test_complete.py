@@ -1,0 +1,161 @@
+"""Completion with a tiny real model: mid-word healing, distinct candidates, CLI and batch mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import (
+    LEARNED_DIFF_FILE,
+    LEARNED_MESSAGE,
+    PARSER_AFTER,
+    PARSER_BEFORE,
+    cmc_env,
+    commit_file,
+    git,
+    learned_diff,
+)
+
+from cmc.complete import Context, complete_context
+from cmc.model import load_model
+
+
+@pytest.fixture
+def lm(tiny_model: Path):
+    return load_model(str(tiny_model))
+
+
+@pytest.mark.parametrize(
+    "typed", ["", "F", "Fix pa", "Fix parser cr", "Fix parser crash on empty con", "Fix "]
+)
+def test_completion_extends_the_typed_text(lm, typed: str):
+    result = complete_context(lm, Context(learned_diff()), typed, n=3)
+    best = result.candidates[0]
+    assert best.message == LEARNED_MESSAGE
+    assert typed + best.continuation == LEARNED_MESSAGE
+
+
+def test_half_typed_word_is_finished_although_its_tokens_differ(lm):
+    # "Fix parser cr" tokenizes with "cr" as its own piece; the learned message has " crash" as
+    # one token. Constrained decoding must still reach it.
+    tok = lm.tokenizer
+    full_ids = tok.encode(LEARNED_MESSAGE, add_special_tokens=False)
+    typed_ids = tok.encode("Fix parser cr", add_special_tokens=False)
+    assert full_ids[: len(typed_ids)] != typed_ids
+    result = complete_context(lm, Context(learned_diff()), "Fix parser cr", n=1)
+    assert result.candidates[0].continuation.startswith("ash")
+
+
+def test_every_candidate_respects_the_typed_text_and_they_are_distinct(lm):
+    result = complete_context(
+        lm, Context("unrelated.txt\n+ something else entirely"), "Add sup", n=4
+    )
+    messages = [c.message for c in result.candidates]
+    assert len(messages) == len(set(messages)) >= 2
+    assert all(m.startswith("Add sup") for m in messages)
+
+
+def _run_cmc(*args, cwd, env=None):
+    return subprocess.run(["cmc", *args], cwd=cwd, env=cmc_env(env), capture_output=True, text=True)
+
+
+def test_cli_complete_json_on_a_staged_change(repo: Path, tiny_model: Path):
+    commit_file(repo, LEARNED_DIFF_FILE, PARSER_BEFORE, "Add a parser for configuration files")
+    (repo / LEARNED_DIFF_FILE).write_text(PARSER_AFTER)
+    git(repo, "add", ".")
+    out = _run_cmc(
+        "complete",
+        "--model",
+        str(tiny_model),
+        "--prefix",
+        "Fix parser cr",
+        "--json",
+        "-n",
+        "2",
+        cwd=repo,
+    )
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["prefix"] == "Fix parser cr"
+    assert data["candidates"][0]["message"] == LEARNED_MESSAGE
+    assert data["candidates"][0]["continuation"] == LEARNED_MESSAGE[len("Fix parser cr") :]
+    assert data["model"] == str(tiny_model) and data["latency_ms"] > 0
+    plain = _run_cmc("complete", "--model", str(tiny_model), cwd=repo)
+    assert plain.stdout.strip() == LEARNED_MESSAGE
+
+
+def test_batch_mode_uses_rows_with_raw_hunks(tmp_path: Path, tiny_model: Path):
+    raw = "@@ -1,2 +1,4 @@\n def parse(text):\n+    if not text:\n+        return []\n     return text.split()\n"
+    rows = [
+        {
+            "id": "a",
+            "mods": [
+                {
+                    "change_type": "MODIFY",
+                    "old_path": LEARNED_DIFF_FILE,
+                    "new_path": LEARNED_DIFF_FILE,
+                    "diff": raw,
+                }
+            ],
+            "prefix": "Fix pars",
+        },
+        {"hash": "b" * 40, "diff": learned_diff(), "history": ["Add the parser"], "prefix": ""},
+    ]
+    src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = _run_cmc(
+        "complete",
+        "--model",
+        str(tiny_model),
+        "--batch",
+        str(src),
+        "--out",
+        str(dst),
+        "-n",
+        "2",
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stderr
+    got = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["a", "b" * 40]
+    assert "Fix pars" + got[0]["continuation"] == LEARNED_MESSAGE
+    assert got[1]["continuation"] == LEARNED_MESSAGE
+    assert len(got[0]["candidates"]) == 2
+
+
+def test_no_model_gives_one_line_error(repo: Path, tmp_path: Path):
+    out = _run_cmc("complete", "--model", str(tmp_path / "missing"), cwd=repo)
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith("cmc: error:")
+
+
+def test_bad_batch_line_is_reported_with_its_line_number(tmp_path: Path, tiny_model: Path):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"diff": "x"}\nnot json\n')
+    out = _run_cmc(
+        "complete",
+        "--model",
+        str(tiny_model),
+        "--batch",
+        str(src),
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
+    assert out.returncode == 1 and "in.jsonl:2" in out.stderr
+
+
+def test_help_and_disabled_hook_do_not_import_torch(tmp_path: Path):
+    code = (
+        "import sys; sys.argv=['cmc','--help']\n"
+        "from cmc.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "from cmc import hook; import os; os.environ['CMC_DISABLE']='1'; hook.run('/nonexistent')\n"
+        "bad=[m for m in ('torch','transformers','git') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,140 @@
+"""Git context: staged changes as mods, exclusions, secrets, author history (real repositories)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import commit_file, git, init_repo
+
+from cmc.diffs import Mod, parse_patch, process_diff
+from cmc.gitctx import GitRepo, mask_secrets
+
+
+def staged(repo: Path) -> dict[str, Mod]:
+    return {m.path: m for m in GitRepo(repo).staged_mods()}
+
+
+def test_first_commit_add_with_space_and_non_ascii_paths(repo: Path):
+    (repo / "dir with space").mkdir()
+    (repo / "dir with space" / "naïve file.txt").write_text("hello\nworld\n")
+    (repo / "plain.py").write_text("print('hi')\n")
+    git(repo, "add", ".")
+    mods = staged(repo)
+    assert set(mods) == {"dir with space/naïve file.txt", "plain.py"}
+    m = mods["dir with space/naïve file.txt"]
+    assert (m.change_type, m.old_path) == ("ADD", None)
+    assert "+hello" in m.diff and "+world" in m.diff
+    assert process_diff(mods.values()).startswith(
+        "new file dir with space/naïve file.txt\n+hello\n+world"
+    )
+
+
+def test_rename_modify_delete_and_binary(repo: Path):
+    commit_file(
+        repo,
+        "old_name.py",
+        "".join(f"line {i}\n" for i in range(30)),
+        "Add a module with many lines",
+    )
+    commit_file(repo, "gone.txt", "bye\n", "Add a file that will be removed")
+    git(repo, "mv", "old_name.py", "new_name.py")
+    (repo / "new_name.py").write_text("".join(f"line {i}\n" for i in range(29)) + "changed\n")
+    git(repo, "rm", "-q", "gone.txt")
+    (repo / "image.png").write_bytes(bytes(range(256)) * 4)
+    git(repo, "add", ".")
+    mods = staged(repo)
+    assert mods["new_name.py"].change_type == "RENAME"
+    assert mods["new_name.py"].old_path == "old_name.py"
+    assert "+changed" in mods["new_name.py"].diff
+    assert mods["gone.txt"].change_type == "DELETE" and mods["gone.txt"].new_path is None
+    assert mods["image.png"].change_type == "ADD" and mods["image.png"].diff == ""
+    text = process_diff(mods.values())
+    assert "rename from old_name.py\nrename to new_name.py" in text
+    assert "deleted file gone.txt" in text
+    assert "new file image.png" in text
+
+
+def test_non_utf8_content_does_not_break_and_is_not_shown(repo: Path):
+    (repo / "latin1.txt").write_bytes("caf\xe9 cr\xe8me\n".encode("latin-1"))
+    git(repo, "add", ".")
+    mods = staged(repo)
+    assert mods["latin1.txt"].change_type == "ADD"
+    assert (
+        process_diff(mods.values()) == "new file latin1.txt"
+    )  # non-ASCII diffs lose their content
+
+
+def test_submodule_change_is_listed(repo: Path, tmp_path: Path):
+    sub = init_repo(tmp_path / "sub")
+    commit_file(sub, "s.txt", "s\n", "Add the submodule content")
+    git(repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "vendor/sub")
+    mods = staged(repo)
+    assert "vendor/sub" in mods and ".gitmodules" in mods
+    assert "Subproject commit" in mods["vendor/sub"].diff
+
+
+def test_lockfiles_and_configured_globs_are_excluded(repo: Path):
+    (repo / "package-lock.json").write_text('{"lockfileVersion": 3}\n')
+    (repo / "gen").mkdir()
+    (repo / "gen" / "api.py").write_text("GENERATED = True\n")
+    (repo / "notes.md").write_text("secret plans\n")
+    (repo / "main.py").write_text("print(1)\n")
+    (repo / ".cmcignore").write_text("# comment\n*.md\n")
+    git(repo, "config", "--add", "cmc.exclude", "gen/*")
+    git(repo, "add", ".")
+    mods = staged(repo)
+    assert mods["package-lock.json"].diff == ""
+    assert mods["gen/api.py"].diff == ""
+    assert mods["notes.md"].diff == ""
+    assert "+print(1)" in mods["main.py"].diff
+    assert "lockfileVersion" not in process_diff(mods.values())
+
+
+def test_secrets_are_masked():
+    diff = "\n".join(
+        [
+            "+AWS_KEY = 'AKIAABCDEFGHIJKLMNOP'",
+            '+password = "hunter2hunter2"',
+            "+token: ghp_abcdefghijklmnopqrstuvwxyz0123456789",
+            "+-----BEGIN RSA PRIVATE KEY-----",
+            "+MIIEowIBAAKCAQEA1234567890abcdef",
+            "+-----END RSA PRIVATE KEY-----",
+            "+normal = compute(value)",
+        ]
+    )
+    masked = mask_secrets(diff)
+    for secret in ("AKIAABCDEFGHIJKLMNOP", "hunter2hunter2", "ghp_abcdef", "MIIEowIBAAKCAQEA"):
+        assert secret not in masked
+    assert "+normal = compute(value)" in masked
+    assert masked.count("[secret]") >= 4
+
+
+def test_whole_hunks_are_kept_within_budget():
+    hunk = "@@ -1 +1 @@\n-" + "a" * 50 + "\n+" + "b" * 50 + "\n"
+    patch = "diff --git a/f.txt b/f.txt\nindex 1..2 100644\n--- a/f.txt\n+++ b/f.txt\n" + hunk * 10
+    (mod,) = parse_patch(patch.splitlines(keepends=True), max_chars_per_file=len(hunk) * 3 + 5)
+    assert mod.diff == hunk * 3 and mod.truncated
+
+
+def test_author_history_is_own_cleaned_non_merge_newest_last(repo: Path):
+    other = {"GIT_AUTHOR_NAME": "Bob", "GIT_AUTHOR_EMAIL": "bob@example.com"}
+    commit_file(
+        repo, "a.txt", "1\n", "Add the first feature flag\n\nSigned-off-by: Ada <ada@example.com>"
+    )
+    commit_file(repo, "b.txt", "1\n", "Add tests written by someone else", env=other)
+    commit_file(repo, "a.txt", "2\n", "Fix flag parsing, see https://example.com/issue #42")
+    commit_file(repo, "a.txt", "3\n", "wip")  # filtered out as trivial
+    git(repo, "checkout", "-q", "-b", "side")
+    commit_file(repo, "c.txt", "1\n", "Add side work on another branch")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "-m", "Merge branch side", "side")
+    history = GitRepo(repo).author_history()
+    assert history == [
+        "Add the first feature flag",
+        "Fix flag parsing, see",
+        "Add side work on another branch",
+    ]
+
+
+def test_history_of_an_empty_repository_is_empty(repo: Path):
+    assert GitRepo(repo).author_history() == []

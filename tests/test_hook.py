@@ -1,0 +1,294 @@
+"""The prepare-commit-msg hook, driven by real `git commit` runs with a scripted editor."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import (
+    LEARNED_DIFF_FILE,
+    LEARNED_MESSAGE,
+    PARSER_AFTER,
+    PARSER_BEFORE,
+    cmc_env,
+    commit_file,
+    git,
+)
+
+from cmc import hook as hook_mod
+
+
+def cmc(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["cmc", *args], cwd=repo, env=cmc_env(env), capture_output=True, text=True
+    )
+
+
+def editor_script(tmp_path: Path) -> tuple[str, Path]:
+    """A GIT_EDITOR that records what git (and the hook) put in the message file, changing nothing."""
+    seen = tmp_path / "editor-saw.txt"
+    script = tmp_path / "editor.sh"
+    script.write_text(f'#!/bin/sh\ncp "$1" "{seen}"\n')
+    script.chmod(0o755)
+    return str(script), seen
+
+
+def staged_parser_change(repo: Path) -> None:
+    commit_file(repo, LEARNED_DIFF_FILE, PARSER_BEFORE, "Add a parser for configuration files")
+    (repo / LEARNED_DIFF_FILE).write_text(PARSER_AFTER)
+    git(repo, "add", LEARNED_DIFF_FILE)
+
+
+def commit(repo: Path, *args: str, editor: str | None = None, env: dict | None = None):
+    extra = {"GIT_EDITOR": editor or ":", **(env or {})}
+    return subprocess.run(
+        ["git", "commit", *args], cwd=repo, env=cmc_env(extra), capture_output=True, text=True
+    )
+
+
+def last_message(repo: Path) -> str:
+    return git(repo, "log", "-1", "--format=%B").stdout.strip()
+
+
+@pytest.fixture
+def hooked_repo(repo: Path, tiny_model: Path) -> Path:
+    assert cmc(repo, "hook", "install").returncode == 0
+    git(repo, "config", "cmc.model", str(tiny_model))
+    git(repo, "config", "cmc.timeout", "120")
+    return repo
+
+
+# --- installing -----------------------------------------------------------------------------------
+
+
+def test_install_writes_marked_executable_hook_and_status_reports_it(repo: Path):
+    out = cmc(repo, "hook", "install")
+    assert out.returncode == 0, out.stderr
+    hook = repo / ".git" / "hooks" / "prepare-commit-msg"
+    assert hook_mod.MARKER in hook.read_text()
+    assert os.stat(hook).st_mode & stat.S_IXUSR
+    status = cmc(repo, "hook", "status")
+    assert "installed at" in status.stdout and "not installed" not in status.stdout
+
+
+def test_existing_hook_is_chained_and_restored(repo: Path, tmp_path: Path):
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    legacy = hooks / "prepare-commit-msg"
+    marker = tmp_path / "legacy-ran"
+    legacy_text = f'#!/bin/sh\necho "$2" > "{marker}"\nexit 0\n'
+    legacy.write_text(legacy_text)
+    legacy.chmod(0o755)
+    assert cmc(repo, "hook", "install").returncode == 0
+    assert (hooks / "prepare-commit-msg.cmc-chained").read_text() == legacy_text
+    commit_file(repo, "a.txt", "a\n", "Add the first file of the project", env=cmc_env())
+    assert marker.exists(), "the chained hook did not run"
+    assert cmc(repo, "hook", "uninstall").returncode == 0
+    assert legacy.read_text() == legacy_text
+    assert not (hooks / "prepare-commit-msg.cmc-chained").exists()
+
+
+def test_chained_hook_failure_is_honoured(repo: Path):
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "prepare-commit-msg").write_text("#!/bin/sh\nexit 3\n")
+    (hooks / "prepare-commit-msg").chmod(0o755)
+    cmc(repo, "hook", "install")
+    (repo / "a.txt").write_text("a\n")
+    git(repo, "add", "a.txt")
+    result = commit(repo, "-m", "Add a file that will not be committed")
+    assert result.returncode != 0
+    assert git(repo, "rev-parse", "--verify", "HEAD", check=False).returncode != 0
+
+
+def test_uninstall_leaves_a_foreign_hook_alone(repo: Path):
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "prepare-commit-msg").write_text("#!/bin/sh\nexit 0\n")
+    result = cmc(repo, "hook", "uninstall")
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "not cmc's hook" in result.stderr
+    assert (hooks / "prepare-commit-msg").read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_core_hooks_path_is_honoured(repo: Path):
+    git(repo, "config", "core.hooksPath", "my-hooks")
+    assert cmc(repo, "hook", "install").returncode == 0
+    assert hook_mod.MARKER in (repo / "my-hooks" / "prepare-commit-msg").read_text()
+    assert not (repo / ".git" / "hooks" / "prepare-commit-msg").exists()
+
+
+def test_worktree_uses_the_shared_hook_and_model(hooked_repo: Path, tmp_path: Path):
+    commit_file(hooked_repo, "README.md", "hello\n", "Add a readme for the project")
+    wt = tmp_path / "wt"
+    git(hooked_repo, "worktree", "add", "-q", str(wt))
+    assert hook_mod.hooks_dir(wt) == (hooked_repo / ".git" / "hooks").resolve()
+    status = cmc(wt, "hook", "status")
+    assert "installed at" in status.stdout and "not installed" not in status.stdout
+    (wt / LEARNED_DIFF_FILE).parent.mkdir(parents=True)
+    (wt / LEARNED_DIFF_FILE).write_text(PARSER_AFTER)
+    git(wt, "add", LEARNED_DIFF_FILE)
+    editor, seen = editor_script(tmp_path)
+    assert commit(wt, editor=editor).returncode == 0
+    assert seen.read_text().split("\n")[0].strip() != ""
+
+
+# --- behaviour by message source ------------------------------------------------------------------
+
+
+def test_plain_commit_gets_best_message_and_alternatives_as_comments(
+    hooked_repo: Path, tmp_path: Path
+):
+    staged_parser_change(hooked_repo)
+    editor, seen = editor_script(tmp_path)
+    result = commit(hooked_repo, editor=editor)
+    assert result.returncode == 0, result.stderr
+    text = seen.read_text()
+    assert text.split("\n")[0] == LEARNED_MESSAGE
+    assert "# cmc: other suggestions" in text
+    assert "# Please enter the commit message" in text  # git's own comments survive
+    assert last_message(hooked_repo) == LEARNED_MESSAGE
+
+
+def test_first_commit_of_a_repository(hooked_repo: Path, tmp_path: Path):
+    (hooked_repo / LEARNED_DIFF_FILE).parent.mkdir(parents=True)
+    (hooked_repo / LEARNED_DIFF_FILE).write_text(PARSER_AFTER)
+    git(hooked_repo, "add", LEARNED_DIFF_FILE)
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, editor=editor).returncode == 0
+    assert seen.read_text().split("\n")[0].strip()
+    assert last_message(hooked_repo) == seen.read_text().split("\n")[0].strip()
+
+
+def test_template_text_is_completed(hooked_repo: Path, tmp_path: Path):
+    staged_parser_change(hooked_repo)
+    template = tmp_path / "template.txt"
+    template.write_text("Fix parser cr\n# a comment from the template\n")
+    git(hooked_repo, "config", "commit.template", str(template))
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, editor=editor).returncode == 0
+    assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE
+    assert "# a comment from the template" in seen.read_text()
+
+
+@pytest.mark.parametrize(
+    "args", [["-m", "Keep exactly what I wrote here"], ["--amend", "--no-edit"]]
+)
+def test_message_and_amend_are_left_untouched(hooked_repo: Path, args: list[str]):
+    staged_parser_change(hooked_repo)
+    if "--amend" in args:
+        before = last_message(hooked_repo)
+        assert commit(hooked_repo, *args).returncode == 0
+        assert last_message(hooked_repo) == before
+    else:
+        assert commit(hooked_repo, *args).returncode == 0
+        assert last_message(hooked_repo) == "Keep exactly what I wrote here"
+
+
+def test_fixup_commit_is_left_untouched(hooked_repo: Path, tmp_path: Path):
+    staged_parser_change(hooked_repo)
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, "--fixup", "HEAD", "-e", editor=editor).returncode == 0
+    assert seen.read_text().startswith("fixup! Add a parser")
+    assert "cmc: other suggestions" not in seen.read_text()
+
+
+def test_cherry_pick_is_left_untouched(hooked_repo: Path, tmp_path: Path):
+    staged_parser_change(hooked_repo)
+    assert commit(hooked_repo, "-m", "Handle empty input in the parser").returncode == 0
+    git(hooked_repo, "checkout", "-q", "-b", "other", "HEAD~1")
+    editor, seen = editor_script(tmp_path)
+    result = subprocess.run(
+        ["git", "cherry-pick", "-e", "main"], cwd=hooked_repo, env=cmc_env({"GIT_EDITOR": editor}),
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().split("\n")[0] == "Handle empty input in the parser"
+
+
+@pytest.mark.parametrize("optout", ["env", "config"])
+def test_opt_outs_leave_message_untouched(hooked_repo: Path, tmp_path: Path, optout: str):
+    staged_parser_change(hooked_repo)
+    env = {"CMC_DISABLE": "1"} if optout == "env" else {}
+    if optout == "config":
+        git(hooked_repo, "config", "cmc.enabled", "false")
+    editor, seen = editor_script(tmp_path)
+    commit(hooked_repo, editor=editor, env=env)
+    assert seen.read_text().startswith("\n# Please enter the commit message")
+
+
+# --- failing open ---------------------------------------------------------------------------------
+
+
+def _commit_with_broken_model(repo: Path, tmp_path: Path, model: str, timeout: str = "60"):
+    git(repo, "config", "cmc.model", model)
+    git(repo, "config", "cmc.timeout", timeout)
+    staged_parser_change(repo)
+    editor, seen = editor_script(tmp_path)
+    result = commit(repo, "-m", "My own words stay", editor=editor, env={})
+    # -m is left alone anyway; the empty-source run below is the real check.
+    assert result.returncode == 0
+    (repo / "b.txt").write_text("b\n")
+    git(repo, "add", "b.txt")
+    result = commit(repo, editor=editor)
+    return result, seen.read_text()
+
+
+def test_missing_model_path_fails_open(hooked_repo: Path, tmp_path: Path):
+    result, text = _commit_with_broken_model(hooked_repo, tmp_path, str(tmp_path / "no-such-model"))
+    assert text.startswith("\n# Please enter the commit message")
+    assert "cmc: no suggestion" in result.stderr and "not found" in result.stderr
+    assert len([ln for ln in result.stderr.splitlines() if ln.startswith("cmc:")]) == 1
+    assert (hooked_repo / ".git" / "cmc" / "hook.log").exists()
+
+
+def test_model_that_raises_fails_open(hooked_repo: Path, tmp_path: Path, tiny_model: Path):
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    for f in tiny_model.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    (broken / "model.safetensors").write_bytes(b"this is not a safetensors file")
+    result, text = _commit_with_broken_model(hooked_repo, tmp_path, str(broken))
+    assert text.startswith("\n# Please enter the commit message")
+    assert "cmc: no suggestion" in result.stderr
+
+
+def test_model_slower_than_the_limit_leaves_message_and_commit_goes_through(
+    hooked_repo: Path, tmp_path: Path, tiny_model: Path
+):
+    # Loading torch and a model takes far longer than 0.05 s: the limit always strikes first.
+    result, text = _commit_with_broken_model(hooked_repo, tmp_path, str(tiny_model), timeout="0.05")
+    assert text.startswith("\n# Please enter the commit message")
+    assert "timed out" in result.stderr
+
+
+def test_hook_without_cmc_on_path_exits_zero(repo: Path, tmp_path: Path):
+    hook_mod.install(repo)
+    msg = tmp_path / "MSG"
+    msg.write_text("keep me\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    result = subprocess.run(
+        ["sh", str(repo / ".git/hooks/prepare-commit-msg"), str(msg)], cwd=repo, env=env
+    )
+    assert result.returncode == 0
+    assert msg.read_text() == "keep me\n"
+
+
+def test_huge_staged_diff_is_cut_and_still_completed(hooked_repo: Path, tmp_path: Path):
+    staged_parser_change(hooked_repo)
+    line = "x = 'a fairly long generated line of python source code in a data file'\n"
+    (hooked_repo / "big.py").write_text(line * (50_000_000 // len(line)))
+    git(hooked_repo, "add", "big.py")
+    from cmc.gitctx import GitRepo
+
+    mods = GitRepo(hooked_repo).staged_mods()
+    assert {m.path for m in mods} == {"big.py", LEARNED_DIFF_FILE}
+    assert sum(len(m.diff) for m in mods) <= 24_000
+    assert any(m.truncated for m in mods)
+    editor, seen = editor_script(tmp_path)
+    result = commit(hooked_repo, editor=editor)
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().split("\n")[0].strip()
