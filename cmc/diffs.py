@@ -90,86 +90,81 @@ def _split_diff_git_line(rest: str) -> tuple[str, str]:
     return a[2:], b
 
 
-@dataclass
-class _FileSection:
-    old_path: str | None
-    new_path: str | None
-    change_type: str = "MODIFY"
-    hunks: list[str] = field(default_factory=list)
-    chars: int = 0
-    truncated: bool = False
+_HUNK_START = re.compile(r"(?m)^(?=@@)")
+_FILE_START = re.compile(r"(?m)^(?=diff --git )")
 
-    def to_mod(self) -> Mod:
-        return Mod(
-            self.change_type, self.old_path, self.new_path, "".join(self.hunks), self.truncated
-        )
+
+def keep_hunks(hunks: str, budget: int | None) -> tuple[str, bool]:
+    """The leading whole hunks of one file that fit ``budget`` characters (all when None)."""
+    if budget is None or len(hunks) <= budget:
+        return hunks, False
+    kept, size = [], 0
+    for hunk in _HUNK_START.split(hunks):
+        if size + len(hunk) > budget:
+            break
+        kept.append(hunk)
+        size += len(hunk)
+    return "".join(kept), True
+
+
+def parse_file_section(section: str, max_chars: int | None = None, truncated: bool = False) -> Mod:
+    """One file's part of a patch (from its ``diff --git`` line) → a mod, hunks cut to ``max_chars``."""
+    first_hunk = section.find("\n@@")
+    head = section if first_hunk < 0 else section[: first_hunk + 1]
+    hunks = "" if first_hunk < 0 else section[first_hunk + 1 :]
+    lines = head.split("\n")
+    old, new = _split_diff_git_line(lines[0][len("diff --git ") :])
+    kind = "MODIFY"
+    for text in lines[1:]:
+        if text.startswith("new file mode"):
+            kind, old = "ADD", None
+        elif text.startswith("deleted file mode"):
+            kind, new = "DELETE", None
+        elif text.startswith("rename from "):
+            kind, old = "RENAME", unquote_path(text[12:])
+        elif text.startswith("rename to "):
+            kind, new = "RENAME", unquote_path(text[10:])
+        elif text.startswith("copy from "):
+            kind, old = "COPY", unquote_path(text[10:])
+        elif text.startswith("copy to "):
+            kind, new = "COPY", unquote_path(text[8:])
+        elif text.startswith(("Binary files ", "GIT binary patch")):
+            hunks = text + "\n"
+    diff, cut = keep_hunks(hunks, max_chars)
+    return Mod(kind, old, new, diff, truncated or cut)
+
+
+def parse_patch_text(text: str, max_chars_per_file: int | None = None) -> list[Mod]:
+    """A whole patch held in memory (one commit of ``git log -p``) → mods."""
+    return [
+        parse_file_section(section, max_chars_per_file)
+        for section in _FILE_START.split(text)
+        if section.startswith("diff --git ")
+    ]
 
 
 def parse_patch(lines: Iterable[str], max_chars_per_file: int | None = None) -> Iterator[Mod]:
-    """Parse git's patch output (``git diff`` / one commit of ``git log -p``) into mods, streaming.
+    """Parse a streamed patch (``git diff``, line by line, endings kept) into mods.
 
-    ``lines`` keep their line endings. Hunks are kept whole: once a file's content would pass
-    ``max_chars_per_file``, its remaining hunks are dropped and the mod is marked truncated, so
-    memory stays bounded whatever the size of the diff.
+    Memory stays bounded whatever the size of the diff: a file's lines past ``max_chars_per_file``
+    (plus room for its header) are not kept, and its mod is marked truncated.
     """
-    cur: _FileSection | None = None
-    in_hunks = False
-    hunk: list[str] = []
-    hunk_chars = 0
-
-    def close_hunk() -> None:
-        nonlocal hunk, hunk_chars
-        if cur is not None and hunk:
-            if max_chars_per_file is not None and cur.chars + hunk_chars > max_chars_per_file:
-                cur.truncated = True
-            else:
-                cur.hunks.extend(hunk)
-                cur.chars += hunk_chars
-        hunk, hunk_chars = [], 0
-
+    cap = None if max_chars_per_file is None else max_chars_per_file + 4096
+    section: list[str] = []
+    size, dropped = 0, False
     for line in lines:
         if line.startswith("diff --git "):
-            close_hunk()
-            if cur is not None:
-                yield cur.to_mod()
-            old, new = _split_diff_git_line(line[len("diff --git ") :].rstrip("\n"))
-            cur, in_hunks = _FileSection(old, new), False
-            continue
-        if cur is None:
-            continue
-        if in_hunks:
-            if line.startswith("@@"):
-                close_hunk()
-            if cur.truncated and max_chars_per_file is not None:
-                continue  # skip the rest of an over-budget file without keeping it
-            hunk.append(line)
-            hunk_chars += len(line)
-            if max_chars_per_file is not None and hunk_chars > max_chars_per_file:
-                hunk, hunk_chars, cur.truncated = [], 0, True
-            continue
-        # Extended header lines, before the first hunk.
-        text = line.rstrip("\n")
-        if text.startswith("@@"):
-            in_hunks = True
-            hunk, hunk_chars = [line], len(line)
-        elif text.startswith("new file mode"):
-            cur.change_type, cur.old_path = "ADD", None
-        elif text.startswith("deleted file mode"):
-            cur.change_type, cur.new_path = "DELETE", None
-        elif text.startswith("rename from "):
-            cur.change_type, cur.old_path = "RENAME", unquote_path(text[12:])
-        elif text.startswith("rename to "):
-            cur.change_type, cur.new_path = "RENAME", unquote_path(text[10:])
-        elif text.startswith("copy from "):
-            cur.change_type, cur.old_path = "COPY", unquote_path(text[10:])
-        elif text.startswith("copy to "):
-            cur.change_type, cur.new_path = "COPY", unquote_path(text[8:])
-        elif text.startswith(("Binary files ", "GIT binary patch")):
-            cur.hunks.append(text + "\n")
-            cur.chars += len(text) + 1
-    close_hunk()
-    if cur is not None:
-        yield cur.to_mod()
+            if section:
+                yield parse_file_section("".join(section), max_chars_per_file, dropped)
+            section, size, dropped = [line], len(line), False
+        elif section:
+            if cap is not None and size + len(line) > cap:
+                dropped = True
+                continue
+            section.append(line)
+            size += len(line)
+    if section:
+        yield parse_file_section("".join(section), max_chars_per_file, dropped)
 
 
 def file_header(mod: Mod | dict) -> str:

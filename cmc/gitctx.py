@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmc import CmcError
-from cmc.diffs import Mod, parse_patch
+from cmc.diffs import Mod, keep_hunks, parse_patch
 from cmc.messages import history_message
 
 # Kept out of the prompt unless the repository says otherwise (their diffs are noise to the model).
@@ -199,7 +199,10 @@ class GitRepo:
             else:
                 mod.diff = mask_secrets(mod.diff)
                 if used + len(mod.diff) > max_chars:
-                    mod.diff, mod.truncated = _cut_hunks(mod.diff, max_chars - used), True
+                    mod.diff, mod.truncated = (
+                        keep_hunks(mod.diff, max(0, max_chars - used))[0],
+                        True,
+                    )
                 used += len(mod.diff)
             mods.append(mod)
         return mods
@@ -247,16 +250,3 @@ class GitRepo:
             if (self.git_dir / name).exists():
                 return state
         return None
-
-
-def _cut_hunks(diff: str, room: int) -> str:
-    """The leading whole hunks of one file's diff that fit in ``room`` characters."""
-    if room <= 0:
-        return ""
-    kept, size = [], 0
-    for hunk in re.split(r"(?m)^(?=@@)", diff):
-        if size + len(hunk) > room:
-            break
-        kept.append(hunk)
-        size += len(hunk)
-    return "".join(kept)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -13,6 +14,60 @@ from cmc import CmcError
 @click.group()
 def data() -> None:
     """Mine git repositories and process commits into datasets (CommitChronicle rules)."""
+
+
+@data.command("mine")
+@click.argument("repos", nargs=-1, required=True)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder for parquet shards."
+)
+@click.option(
+    "--since", default="2017-01-01", show_default=True, help="Only commits since this date."
+)
+@click.option(
+    "--max-commits",
+    type=int,
+    default=None,
+    help="At most this many (most recent) commits per repository.",
+)
+def data_mine(repos, out, since, max_commits):
+    """Mine git repositories into raw CommitChronicle rows (one shard folder per repository)."""
+    mine_all(repos, out, since, max_commits)
+
+
+def mine_all(repos, out, since, max_commits) -> int:
+    from training.mine import mine_repository
+
+    mined, failed = 0, 0
+    for repo in repos:
+        try:
+            stats = mine_repository(repo, out, since=since, max_commits=max_commits)
+        except CmcError as exc:
+            click.echo(f"cmc: error: {exc}", err=True)
+            failed += 1
+            continue
+        click.echo(stats.line(), err=True)
+        mined += stats.commits
+    if failed == len(repos):
+        raise CmcError("nothing was mined")
+    return mined
+
+
+@data.command("build")
+@click.argument("repos", nargs=-1, required=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--since", default="2017-01-01", show_default=True)
+@click.option("--max-commits", type=int, default=None)
+@click.option("--split-by", type=click.Choice(["repo", "time"]), default=None)
+@click.option("--seed", default=42, show_default=True)
+def data_build(repos, out, since, max_commits, split_by, seed):
+    """Mine REPOS, then process them: `cmc data mine` + `cmc data process` in one go."""
+    from training.process import load_raw, process_rows, save_processed
+
+    raw = Path(out) / "raw"
+    mine_all(repos, raw, since, max_commits)
+    per_split, funnel = process_rows(load_raw([str(raw)]), split_by=split_by, seed=seed)
+    click.echo(funnel.table(save_processed(per_split, funnel, out)))
 
 
 @data.command("process")
@@ -89,9 +144,64 @@ def checkpoint_export(path, out, dtype):
     click.echo(f"exported → {folder}", err=True)
 
 
+@click.command("eval")
+@click.option(
+    "--data", required=True, help="Processed dataset folder (cmc data process) or a parquet file."
+)
+@click.option(
+    "--model",
+    required=True,
+    help="Model folder / hub id, `default`, or `nngen` (retrieval baseline).",
+)
+@click.option("--split", default="test", show_default=True)
+@click.option(
+    "--train",
+    "train_data",
+    default=None,
+    help="Training data for nngen (default: --data's train split).",
+)
+@click.option("--context-ratios", default="0,0.25,0.5", show_default=True)
+@click.option(
+    "--history/--no-history",
+    "history",
+    default=None,
+    help="Only with / only without history (default: both).",
+)
+@click.option(
+    "--limit", type=int, default=None, help="Evaluate a fixed random sample of this many commits."
+)
+@click.option("--beams", default=5, show_default=True)
+@click.option("--max-new-tokens", default=15, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False))
+def evaluate(
+    data, model, split, train_data, context_ratios, history, limit, beams, max_new_tokens, out
+):
+    """Score completions by the CommitChronicle protocol; writes metrics.json, predictions, a plot."""
+    from training.evaluate import run_eval, table
+
+    try:
+        ratios = [float(x) for x in context_ratios.split(",") if x.strip()]
+    except ValueError as exc:
+        raise CmcError(f"--context-ratios: {exc}") from exc
+    histories = [True, False] if history is None else [history]
+    settings = None
+    if model != "nngen":
+        from cmc.decoding import DecodeSettings
+        from cmc.model import BUNDLED_MODEL
+
+        settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
+        model = str(BUNDLED_MODEL) if model == "default" else model
+    results = run_eval(
+        data, model, ratios, histories, limit, out, split=split, train=train_data, settings=settings
+    )
+    click.echo(table(results))
+    click.echo(f"→ {out}/metrics.json, predictions.jsonl, metrics.png", err=True)
+
+
 def register(main: click.Group) -> None:
     main.add_command(data)
     main.add_command(checkpoint)
+    main.add_command(evaluate)
 
 
 if __name__ == "__main__":

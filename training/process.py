@@ -215,7 +215,8 @@ def process_rows(
     funnel = Funnel(start=len(rows))
     if any("split" not in r or r["split"] is None for r in rows):
         repos = {r.get("repo") for r in rows}
-        assign_splits(rows, split_by or ("time" if len(repos) == 1 else "repo"), seed)
+        split_by = split_by or ("time" if len(repos) == 1 else "repo")
+        assign_splits(rows, split_by, seed)
     train_rows = [r for r in rows if r["split"] == "train"]
     ranges = dict(PUBLISHED_RANGES)
     if outliers == "percentiles" and train_rows:
@@ -271,9 +272,14 @@ def process_rows(
     before = len(deduped)
     deduped = [r for r in deduped if not is_bot(r.get("author_name"))]
     funnel.add("metadata: bot author", before - len(deduped))
-    held_authors = {_author_key(r) for r in deduped if r["split"] != "train"}
+    # Authors must not leak across held-out repositories; a time split (one repository, the same
+    # people before and after) is meant to keep them, so the rule does not apply there.
     before = len(deduped)
-    deduped = [r for r in deduped if r["split"] != "train" or _author_key(r) not in held_authors]
+    if split_by != "time":
+        held_authors = {_author_key(r) for r in deduped if r["split"] != "train"}
+        deduped = [
+            r for r in deduped if r["split"] != "train" or _author_key(r) not in held_authors
+        ]
     funnel.add("metadata: train author in validation/test", before - len(deduped))
 
     ids: dict[tuple, int] = {}
@@ -336,7 +342,7 @@ def load_raw(inputs: Iterable[str]) -> list[dict]:
             found = False
             for split in SPLITS:
                 for f in (
-                    sorted((path / split).glob("*.parquet")) if (path / split).is_dir() else []
+                    sorted((path / split).rglob("*.parquet")) if (path / split).is_dir() else []
                 ):
                     rows += _read_parquet(f, split)
                     found = True

@@ -1,0 +1,246 @@
+"""`cmc eval`: the CommitChronicle completion protocol and metrics, on the hook's own code path.
+
+For each example and context ratio r, the typed text is the first ``int(len(message) * r)``
+characters (a partial last word stays partial: decoding must finish it), and only the continuation
+is scored against the rest of the message. Completions come from `cmc.complete.complete_rows`,
+exactly what ``cmc complete --batch`` and the hook run.
+
+Metrics (×100, averaged over examples; empty targets skipped): B-Norm (sentence BLEU-4, +1
+smoothing, lowercased, punctuation split), EditSim (normalized Levenshtein similarity), EM@1/EM@2
+(first k words equal; only targets with ≥ k words), and corpus BLEU, ROUGE-L and ChrF.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cmc.diffs import process_diff
+
+METRICS = ("B-Norm", "EditSim", "EM@1", "EM@2", "BLEU", "ROUGE-L", "ChrF")
+
+
+def typed_prefix(message: str, ratio: float) -> str:
+    return message[: int(len(message) * ratio)]
+
+
+def exact_match(pred: str, target: str, k: int) -> float | None:
+    words = target.split()
+    if len(words) < k:
+        return None
+    return float(pred.split()[:k] == words[:k])
+
+
+def score(predictions: list[str], targets: list[str]) -> dict[str, float]:
+    """All metrics for aligned continuations (pairs with an empty target are skipped)."""
+    import sacrebleu
+    from rapidfuzz.distance import Levenshtein
+    from rouge_score import rouge_scorer
+
+    pairs = [(p, t) for p, t in zip(predictions, targets) if t.strip()]
+    if not pairs:
+        return dict.fromkeys(METRICS, 0.0)
+    preds, refs = [p for p, _ in pairs], [t for _, t in pairs]
+    bnorm = [
+        sacrebleu.sentence_bleu(
+            p, [t], smooth_method="add-k", smooth_value=1, lowercase=True, tokenize="13a"
+        ).score
+        for p, t in pairs
+    ]
+    edit = [100 * Levenshtein.normalized_similarity(p, t) for p, t in pairs]
+    out = {"B-Norm": sum(bnorm) / len(bnorm), "EditSim": sum(edit) / len(edit)}
+    for k in (1, 2):
+        ems = [m for m in (exact_match(p, t, k) for p, t in pairs) if m is not None]
+        out[f"EM@{k}"] = 100 * sum(ems) / len(ems) if ems else 0.0
+    out["BLEU"] = sacrebleu.corpus_bleu(preds, [refs]).score
+    out["ChrF"] = sacrebleu.corpus_chrf(preds, [refs]).score
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    out["ROUGE-L"] = 100 * sum(scorer.score(t, p)["rougeL"].fmeasure for p, t in pairs) / len(pairs)
+    out["count"] = len(pairs)
+    return out
+
+
+def load_split(spec: str, split: str) -> list[dict]:
+    """Rows of one split from a processed dataset folder (``cmc data process`` output) or parquet."""
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    from datasets import load_from_disk
+
+    folder = path / "dataset" if (path / "dataset").exists() else path
+    return load_from_disk(str(folder))[split].to_list()
+
+
+def sample_rows(rows: list[dict], limit: int | None, seed: int = 0) -> list[dict]:
+    if limit is None or limit >= len(rows):
+        return rows
+    picked = random.Random(seed).sample(range(len(rows)), limit)
+    return [rows[i] for i in sorted(picked)]
+
+
+class NNGen:
+    """Retrieval baseline: the message of the nearest training diff (bag-of-words cosine).
+
+    With typed text, the newest history message or nearest-neighbour message that starts with it.
+    """
+
+    name = "nngen"
+
+    def __init__(self, train_rows: list[dict], neighbours: int = 200):
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        self.messages = [r["message"] for r in train_rows]
+        self.vectorizer = CountVectorizer(
+            token_pattern=r"\S+", lowercase=False, max_features=200_000
+        )
+        self.matrix = normalize(
+            self.vectorizer.fit_transform(process_diff(r["mods"]) for r in train_rows)
+        )
+        self.neighbours = neighbours
+        self._normalize = normalize
+
+    def nearest(self, diff: str) -> list[int]:
+        import numpy as np
+
+        q = self._normalize(self.vectorizer.transform([diff]))
+        sims = (self.matrix @ q.T).toarray().ravel()
+        top = np.argpartition(-sims, min(self.neighbours, len(sims) - 1))[: self.neighbours]
+        return top[np.argsort(-sims[top], kind="stable")].tolist()
+
+    def complete_rows(self, rows: Iterable[dict], use_history: bool = True) -> Iterable[dict]:
+        for i, row in enumerate(rows):
+            typed = row.get("prefix") or ""
+            order = self.nearest(row.get("diff") or process_diff(row["mods"]))
+            pool = list(reversed(row.get("history") or [])) if (use_history and typed) else []
+            pool += [self.messages[j] for j in order]
+            best = next((m for m in pool if m.startswith(typed) and len(m) > len(typed)), None)
+            continuation = best[len(typed) :] if best is not None else ""
+            yield {
+                "id": row.get("id", i),
+                "prefix": typed,
+                "continuation": continuation,
+                "candidates": [continuation],
+            }
+
+
+def run_eval(
+    data: str,
+    model: str,
+    ratios: list[float],
+    histories: list[bool],
+    limit: int | None,
+    out: str | Path,
+    split: str = "test",
+    train: str | None = None,
+    n: int = 1,
+    settings: Any = None,
+    progress: bool = True,
+) -> dict:
+    """Evaluate ``model`` (a model spec, or ``nngen``) and write metrics, predictions and a plot."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sample_rows(load_split(data, split), limit)
+    if model == "nngen":
+        completer = NNGen(load_split(train or data, "train"))
+
+        def run(batch, use_history):
+            return completer.complete_rows(batch, use_history)
+    else:
+        from cmc.complete import complete_rows
+        from cmc.model import load_model, resolve_model
+
+        lm = load_model(resolve_model(model, None, None))
+
+        def run(batch, use_history):
+            return complete_rows(lm, batch, n=max(2, n), use_history=use_history, settings=settings)
+
+    results: dict[str, Any] = {
+        "model": model,
+        "data": data,
+        "split": split,
+        "examples": len(rows),
+        "scores": {},
+    }
+    started = time.perf_counter()
+    with (out / "predictions.jsonl").open("w") as preds_file:
+        for use_history in histories:
+            for ratio in ratios:
+                batch = []
+                for i, row in enumerate(rows):
+                    typed = typed_prefix(row["message"], ratio)
+                    batch.append({**row, "id": row.get("hash", i), "prefix": typed})
+                preds, targets = [], []
+                desc = f"{'history' if use_history else 'no history'} {int(ratio * 100)}%"
+                for row, pred in zip(
+                    batch,
+                    tqdm(
+                        run(batch, use_history), total=len(batch), desc=desc, disable=not progress
+                    ),
+                ):
+                    target = row["message"][len(row["prefix"]) :]
+                    preds.append(pred["continuation"])
+                    targets.append(target)
+                    record = {
+                        "ratio": ratio,
+                        "history": use_history,
+                        "id": pred["id"],
+                        "prefix": row["prefix"],
+                        "target": target,
+                    }
+                    preds_file.write(
+                        json.dumps({**record, "prediction": pred["continuation"]}) + "\n"
+                    )
+                key = f"{'history' if use_history else 'no_history'}@{ratio:g}"
+                results["scores"][key] = score(preds, targets)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    plot(results, out / "metrics.png")
+    return results
+
+
+def table(results: dict) -> str:
+    lines = [f"{'setting':<18}" + "".join(f"{m:>9}" for m in METRICS)]
+    for key, sc in results["scores"].items():
+        lines.append(f"{key:<18}" + "".join(f"{sc.get(m, 0):>9.2f}" for m in METRICS))
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("B-Norm", "EditSim", "EM@1", "EM@2")
+    fig, axes = plt.subplots(1, len(shown), figsize=(4 * len(shown), 3.2))
+    for ax, metric in zip(axes, shown):
+        for prefix, style in (("history", "-o"), ("no_history", "--s")):
+            pts = sorted(
+                (float(k.split("@")[1]), v[metric])
+                for k, v in results["scores"].items()
+                if k.split("@")[0] == prefix
+            )
+            if pts:
+                ax.plot(
+                    [100 * x for x, _ in pts],
+                    [y for _, y in pts],
+                    style,
+                    label=prefix.replace("_", " "),
+                )
+        ax.set_title(metric)
+        ax.set_xlabel("% of message typed")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(f"{results['model']} on {results['examples']} {results['split']} commits")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,279 @@
+"""Mining: a git repository → raw CommitChronicle rows, oldest first, in parquet shards.
+
+One ``git log -p`` process streams every commit (per-commit object access is orders of magnitude
+slower); `cmc.diffs.parse_patch` turns each commit's patch into mods, the same parser the hook uses
+on staged changes. Rules: no merge commits, commits since ``--since`` (2017-01-01), commits
+changing more than 10,000 lines skipped, a file's diff kept to `MAX_FILE_CHARS`. Shards are written
+as mining goes, so an interruption keeps what was mined. Bad input gets a one-line error; odd
+commits (shallow boundary, too large) are counted skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cmc import CmcError
+from cmc.diffs import parse_patch_text
+
+MAX_CHANGED_LINES = 10_000
+MAX_FILE_CHARS = 64_000
+MAX_COMMIT_BYTES = 64 << 20  # a commit printing more than this is skipped unread
+SHARD_ROWS = 2_000
+_MARK = "\x00\x01cmc-commit\x00"
+_FORMAT = "%x00%x01cmc-commit%x00%H%x00%an%x00%ae%x00%at%x00%B%x00%x01cmc-end"
+
+LANGUAGES = {
+    ".c": "C", ".h": "C", ".cs": "C#", ".cpp": "C++", ".cc": "C++", ".cxx": "C++", ".hpp": "C++",
+    ".dart": "Dart", ".ex": "Elixir", ".exs": "Elixir", ".go": "Go", ".groovy": "Groovy",
+    ".gradle": "Groovy", ".java": "Java", ".js": "JavaScript", ".mjs": "JavaScript", ".jsx": "JavaScript",
+    ".kt": "Kotlin", ".kts": "Kotlin", ".nix": "Nix", ".m": "Objective-C", ".mm": "Objective-C",
+    ".php": "PHP", ".py": "Python", ".rb": "Ruby", ".rs": "Rust", ".sh": "Shell", ".bash": "Shell",
+    ".st": "Smalltalk", ".swift": "Swift", ".ts": "TypeScript", ".tsx": "TypeScript",
+}  # fmt: skip
+LICENSES = (
+    ("Apache License", "Apache-2.0"),
+    ("MIT License", "MIT"),
+    ("Permission is hereby granted, free of charge", "MIT"),
+    ("BSD 3-Clause", "BSD-3-Clause"),
+    ("Redistribution and use in source and binary forms", "BSD-3-Clause"),
+    ("GNU GENERAL PUBLIC LICENSE", "GPL"),
+    ("Mozilla Public License", "MPL-2.0"),
+)
+
+
+@dataclass
+class MineStats:
+    repo: str
+    commits: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    shards: list[str] = field(default_factory=list)
+
+    def line(self) -> str:
+        skips = ", ".join(f"{v} {k}" for k, v in sorted(self.skipped.items())) or "none"
+        return (
+            f"{self.repo}: {self.commits} commits in {len(self.shards)} shard(s); skipped: {skips}"
+        )
+
+
+def _open_repo(path: str | Path):
+    import git
+
+    try:
+        repo = git.Repo(path)
+    except git.NoSuchPathError as exc:
+        raise CmcError(f"{path}: no such folder") from exc
+    except git.InvalidGitRepositoryError as exc:
+        raise CmcError(f"{path}: not a git repository") from exc
+    if not repo.head.is_valid():
+        raise CmcError(f"{path}: repository has no commits")
+    return repo
+
+
+def repo_name(repo) -> str:
+    try:
+        url = repo.remotes.origin.url
+        m = re.search(r"[:/]([^/:]+)/([^/]+?)(?:\.git)?/?$", url)
+        if m:
+            return f"{m.group(1)}/{m.group(2)}"
+    except (AttributeError, IndexError, ValueError):
+        pass
+    return Path(repo.working_tree_dir or repo.git_dir).resolve().name
+
+
+def detect_language(repo) -> str:
+    counts = Counter(
+        LANGUAGES.get(Path(p).suffix.lower()) for p in repo.git.ls_files().splitlines()
+    )
+    counts.pop(None, None)
+    return counts.most_common(1)[0][0] if counts else "unknown"
+
+
+def detect_license(repo) -> str:
+    root = Path(repo.working_tree_dir or ".")
+    for name in ("LICENSE", "LICENSE.md", "LICENSE.txt", "COPYING", "LICENCE"):
+        f = root / name
+        if f.is_file():
+            head = f.read_text(errors="replace")[:2000]
+            for needle, spdx in LICENSES:
+                if needle.lower() in head.lower():
+                    return spdx
+            return "other"
+    return "unknown"
+
+
+def _commits(stream, max_bytes: int = MAX_COMMIT_BYTES) -> Iterator[tuple[list[str], str | None]]:
+    """Split ``git log -p`` output into (header fields, patch text) per commit, reading big chunks.
+
+    A commit whose output passes ``max_bytes`` is not held in memory: its patch comes back as None.
+    """
+    mark = _MARK.encode()
+    buf = b""
+    current: bytearray | None = None
+    oversize = False
+
+    def finish(block: bytes | bytearray, too_big: bool):
+        end = block.find(b"\x01cmc-end")
+        header = bytes(block[:end]).decode("utf-8", "replace").split("\x00")
+        return header, None if too_big else bytes(block[end + len(b"\x01cmc-end") :]).decode(
+            "utf-8", "replace"
+        )
+
+    while True:
+        chunk = stream.read(1 << 20)
+        if not chunk:
+            break
+        buf += chunk
+        pos = 0
+        while True:
+            at = buf.find(mark, pos)
+            if at < 0:
+                keep = max(pos, len(buf) - (len(mark) - 1))  # a mark may straddle two chunks
+                if current is not None and not oversize:
+                    current += buf[pos:keep]
+                    oversize = len(current) > max_bytes
+                    if oversize:
+                        current = bytearray(current[: current.find(b"\x01cmc-end") + 16])
+                buf = buf[keep:]
+                break
+            if current is not None:
+                if not oversize:
+                    current += buf[pos:at]
+                yield finish(current, oversize or len(current) > max_bytes)
+            current, oversize, pos = bytearray(), False, at + len(mark)
+    if current is not None:
+        if not oversize:
+            current += buf
+        yield finish(current, oversize or len(current) > max_bytes)
+
+
+def changed_lines(patch: str) -> int:
+    """Added plus removed lines of a patch (file header lines excluded)."""
+    return patch.count("\n+") + patch.count("\n-") - patch.count("\n+++ ") - patch.count("\n--- ")
+
+
+def mine_repository(
+    path: str | Path,
+    out: str | Path,
+    since: str | None = "2017-01-01",
+    max_commits: int | None = None,
+    progress: bool = True,
+) -> MineStats:
+    """Mine one repository into ``OUT/<owner__name>/shard-NNNNN.parquet``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from tqdm import tqdm
+
+    repo = _open_repo(path)
+    name = repo_name(repo)
+    stats = MineStats(name)
+    language, license_ = detect_language(repo), detect_license(repo)
+    shallow = set()
+    shallow_file = Path(repo.common_dir) / "shallow"
+    if shallow_file.exists():
+        shallow = set(shallow_file.read_text().split())
+    target = Path(out) / name.replace("/", "__")
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.glob("shard-*.parquet"):
+        old.unlink()
+
+    args = [
+        "git",
+        "-c",
+        "core.quotePath=false",
+        "log",
+        "--no-merges",
+        "--reverse",
+        "-p",
+        "-M",
+        "--no-color",
+    ]
+    args += [
+        "--no-ext-diff",
+        "--no-textconv",
+        "--submodule=short",
+        "--src-prefix=a/",
+        "--dst-prefix=b/",
+    ]
+    args += [f"--format={_FORMAT}"]
+    if since:
+        args.append(f"--since={since}")
+    if max_commits:
+        args.append(f"--max-count={max_commits}")
+    args.append("HEAD")
+    proc = subprocess.Popen(
+        args,
+        cwd=repo.working_tree_dir or repo.git_dir,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=1 << 20,
+    )
+    authors: dict[tuple[str, str], int] = {}
+    rows: list[dict] = []
+
+    def flush() -> None:
+        if rows:
+            shard = target / f"shard-{len(stats.shards):05d}.parquet"
+            pq.write_table(pa.Table.from_pylist(rows), shard, compression="zstd")
+            stats.shards.append(str(shard))
+            rows.clear()
+
+    bar = tqdm(desc=f"mine {name}", unit="commit", disable=not progress)
+    try:
+        for header, patch in _commits(proc.stdout):
+            bar.update(1)
+            if len(header) < 5:
+                stats.skipped["unparsable header"] += 1
+                continue
+            sha, a_name, a_email, ts, message = header[:5]
+            if sha in shallow:
+                stats.skipped["shallow boundary"] += 1
+                continue
+            if patch is None:
+                stats.skipped[f"over {MAX_COMMIT_BYTES >> 20} MB of diff"] += 1
+                continue
+            if changed_lines(patch) > MAX_CHANGED_LINES:
+                stats.skipped[f"over {MAX_CHANGED_LINES} changed lines"] += 1
+                continue
+            mods = [m.as_row() for m in parse_patch_text(patch, MAX_FILE_CHARS)]
+            if not mods:
+                stats.skipped["no file changes"] += 1
+                continue
+            if "\ufffd" in message:
+                stats.skipped["message not UTF-8 (kept, replaced)"] += 1
+            email_sha = hashlib.sha1(a_email.strip().lower().encode()).hexdigest()
+            when = datetime.fromtimestamp(int(ts), tz=timezone.utc)
+            rows.append(
+                {
+                    "author": authors.setdefault((a_name, email_sha), len(authors)),
+                    "author_name": a_name,
+                    "author_email_sha1": email_sha,
+                    "date": when.strftime("%d.%m.%Y %H:%M:%S"),
+                    "timezone": 0,
+                    "hash": sha,
+                    "message": message.rstrip("\n"),
+                    "mods": mods,
+                    "language": language,
+                    "license": license_,
+                    "repo": name,
+                    "original_message": message.rstrip("\n"),
+                }
+            )
+            stats.commits += 1
+            if len(rows) >= SHARD_ROWS:
+                flush()
+    finally:
+        flush()
+        bar.close()
+        if proc.poll() is None:
+            proc.kill()
+        err = proc.communicate()[1].decode(errors="replace").strip()
+    if proc.returncode not in (0, None, -9) and err:
+        raise CmcError(f"{path}: git log failed: {err.splitlines()[-1]}")
+    return stats
