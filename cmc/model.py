@@ -76,6 +76,16 @@ def read_budget(path: str) -> Budget:
     return DEFAULT_BUDGET
 
 
+def check_model_spec(spec: str) -> Path:
+    """Fail early, in one line, on a model folder that is missing or is not a model."""
+    local = Path(spec).expanduser()
+    if local.exists() and not is_model_dir(local):
+        raise CmcError(f"model folder {spec} has no config.json (is it a save_pretrained folder?)")
+    if not local.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):
+        raise CmcError(f"model {spec} not found")
+    return local
+
+
 def load_model(spec: str) -> LoadedModel:
     """Load a causal LM and its tokenizer (cached for the life of the process)."""
     if spec in _LOADED:

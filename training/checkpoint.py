@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_state_dict,
@@ -34,6 +35,9 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.distributed.checkpoint.stateful import Stateful
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+# DCP reports failures of any rank as CheckpointException, a BaseException: catch it explicitly.
+SAVE_ERRORS = (OSError, CheckpointException)
+LOAD_ERRORS = (Exception, CheckpointException)
 
 
 def _is_dist() -> bool:
@@ -96,6 +100,15 @@ class TrainState(Stateful):
                 pass  # fewer GPUs now than at save time
 
 
+def _test_pause() -> None:
+    """Tests stretch the moment between the shards and the validity marker to kill a save in it."""
+    pause = float(os.environ.get("CMC_TEST_SAVE_PAUSE", "0") or 0)
+    if pause:
+        import time
+
+        time.sleep(pause)
+
+
 def step_dirs(root: str | Path, valid_only: bool = True) -> list[tuple[int, Path]]:
     """``(step, folder)`` of checkpoints under ``root``, oldest first."""
     root = Path(root)
@@ -155,9 +168,10 @@ class CheckpointManager:
             return handle
         try:
             dcp.save(sd, checkpoint_id=str(folder))
-        except OSError as exc:
+        except SAVE_ERRORS as exc:
             self._discard(folder, exc)
-            raise
+            raise OSError(f"checkpoint {folder.name} not saved") from exc
+        _test_pause()
         self._finish(folder, info)
         return SaveHandle(folder)
 
@@ -168,9 +182,9 @@ class CheckpointManager:
         handle, self.pending = self.pending, None
         try:
             handle.wait()
-        except OSError as exc:
+        except SAVE_ERRORS as exc:
             self._discard(handle.folder, exc)
-            raise
+            raise OSError(f"checkpoint {handle.folder.name} not saved") from exc
         self._finish(handle.folder, handle.info)  # type: ignore[attr-defined]
 
     def _cpu_stager(self):
@@ -213,7 +227,7 @@ class CheckpointManager:
             try:
                 dcp.load({"train": state}, checkpoint_id=str(folder))
                 return folder
-            except Exception as exc:  # a corrupt or truncated checkpoint
+            except LOAD_ERRORS as exc:  # a corrupt or truncated checkpoint
                 if _rank() == 0:
                     reason = (
                         str(exc).strip().splitlines()[-1][:200]

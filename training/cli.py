@@ -198,7 +198,77 @@ def evaluate(
     click.echo(f"→ {out}/metrics.json, predictions.jsonl, metrics.png", err=True)
 
 
+@click.command("train")
+@click.option("--repo", default=None, help="Repository to learn from (default: the current one).")
+@click.option(
+    "--data",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="A processed dataset instead of --repo.",
+)
+@click.option(
+    "--base", default=None, help="Model to fine-tune (default: the one cmc uses here now)."
+)
+@click.option(
+    "--out",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Run folder (default: $GIT_DIR/cmc/train).",
+)
+@click.option(
+    "--nproc",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Processes (torchrun).",
+)
+@click.option("--max-steps", default=200, show_default=True, type=click.IntRange(1))
+@click.option("--save-every", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--global-batch-size", default=16, show_default=True, type=click.IntRange(1))
+@click.option("--micro-batch-size", default=4, show_default=True, type=click.IntRange(1))
+@click.option("--lr", default=3e-4, show_default=True)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--fsdp", is_flag=True, help="Shard with FSDP2 instead of DDP.")
+@click.option(
+    "--eval-limit",
+    default=200,
+    show_default=True,
+    help="Validation commits scored before and after.",
+)
+@click.option("--no-install", is_flag=True, help="Do not make the result this repository's model.")
+def train(
+    repo,
+    data,
+    base,
+    out,
+    nproc,
+    max_steps,
+    save_every,
+    global_batch_size,
+    micro_batch_size,
+    lr,
+    seed,
+    fsdp,
+    eval_limit,
+    no_install,
+):
+    """Personalize the model on this repository's history (resumable: run it again to continue)."""
+    from training.personalize import TrainOptions, personalize, report
+
+    if global_batch_size % nproc:
+        raise CmcError(
+            f"--global-batch-size {global_batch_size} must be divisible by --nproc {nproc}"
+        )
+    opts = TrainOptions(
+        repo=repo, data=data, base=base, out=out, nproc=nproc, max_steps=max_steps, save_every=save_every,
+        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr, seed=seed, fsdp=fsdp,
+        eval_limit=eval_limit, install=not no_install,
+    )  # fmt: skip
+    click.echo(report(personalize(opts)))
+
+
 def register(main: click.Group) -> None:
+    main.add_command(train)
     main.add_command(data)
     main.add_command(checkpoint)
     main.add_command(evaluate)

@@ -170,6 +170,36 @@ def no_sync(model: torch.nn.Module, layout: str, sync: bool):
     return contextlib.nullcontext()
 
 
+def build(
+    args: argparse.Namespace, out: Path, rank: int, world: int, device: torch.device, bf16: bool
+):
+    """Model (from ``OUT/model_init``), its parallel wrapper, and the optimizer."""
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    init = prepare_init(args, out, rank)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)
+    model.config.use_cache = False
+    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    model, layout = wrap_model(model, args, world, device, bf16)
+    fused = device.type == "cuda"
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": args.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
+        fused=fused,
+    )
+    return model, layout, optimizer, init, pad_id
+
+
 def make_batch(data: TokenDataset, examples: list[int], pad_id: int, device: torch.device):
     """Right-padded ids, the positions whose next token is a message token, and those targets."""
     items = [data[i] for i in examples]
@@ -283,29 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
     torch.manual_seed(args.seed)
 
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    init = prepare_init(args, out, rank)
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)
-    model.config.use_cache = False
-    pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
-    model, layout = wrap_model(model, args, world, device, bf16)
-    fused = device.type == "cuda"
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": args.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=args.lr,
-        betas=(0.9, 0.95),
-        eps=1e-8,
-        fused=fused,
-    )
+    model, layout, optimizer, init, pad_id = build(args, out, rank, world, device, bf16)
     forward_model = torch.compile(model) if args.compile else model
 
     data = TokenDataset(args.data, "train")

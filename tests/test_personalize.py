@@ -1,0 +1,103 @@
+"""`cmc train` on a real repository: interrupt with Ctrl-C, resume, install the model; bad input."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from conftest import cmc_env
+from test_data import RepoBuilder
+
+VERBS = ["Add", "Fix", "Remove", "Refactor", "Document", "Improve"]
+THINGS = [
+    "the request handler",
+    "config parsing",
+    "the cache layer",
+    "error reporting",
+    "the CLI options",
+    "logging",
+]
+
+
+def history_repo(path: Path, commits: int) -> Path:
+    b = RepoBuilder(path)
+    for i in range(commits):
+        b.commit(f"{VERBS[i % 6]} {THINGS[(i * 5) % 6]} for module {i}")
+    return b.path
+
+
+def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_model: Path):
+    repo = history_repo(tmp_path / "repo", 40)
+    cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "40", "--save-every", "4", "--nproc", "2",
+           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "8"]  # fmt: skip
+    env = cmc_env({"OMP_NUM_THREADS": "1"})
+    proc = subprocess.Popen(
+        cmd,
+        cwd=repo,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    ckpts = repo / ".git" / "cmc" / "train" / "run" / "checkpoints"
+    deadline = time.time() + 240
+    while not any((d / "trainer.json").exists() for d in ckpts.glob("step-*")):
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "run the same command to resume" in err
+    from training.checkpoint import step_dirs
+
+    stopped_at = step_dirs(ckpts)[-1][0]
+    assert 0 < stopped_at < 40
+    assert not (repo / ".git" / "cmc" / "model").exists()
+
+    again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"step {stopped_at}" in again.stderr
+    assert "EM@1 before" in again.stdout and "now uses" in again.stdout
+    status = subprocess.run(
+        ["cmc", "hook", "status"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    assert str(repo / ".git" / "cmc" / "model") in status.stdout
+    steps = [
+        line for line in (ckpts.parent / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+    assert len(steps) == 40  # no step lost or logged twice across the interruption
+
+
+def test_too_few_commits_is_a_clear_error(tmp_path: Path, tiny_model: Path):
+    repo = history_repo(tmp_path / "small", 6)
+    result = subprocess.run(
+        ["cmc", "train", "--base", str(tiny_model)],
+        cwd=repo,
+        env=cmc_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("cmc: error: too few commits to learn from")
+    )
+
+
+def test_no_model_is_a_clear_error(tmp_path: Path):
+    repo = history_repo(tmp_path / "r", 20)
+    result = subprocess.run(
+        ["cmc", "train", "--base", str(tmp_path / "missing-model")],
+        cwd=repo,
+        env=cmc_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 1
+    assert "cmc: error:" in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,237 @@
+"""`cmc train`: fine-tune the current model on one repository's own history and make it that repo's model.
+
+Steps, each skipped when its output is already there (so the same command resumes):
+mine + process the repository (time split: oldest 90% train, newest 10% validation) → tokenize with
+the base model's tokenizer → score the base model on validation → fine-tune with torchrun (resumable,
+universal checkpoints) → export → score again → install as ``$GIT_DIR/cmc/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmc import CmcError
+
+MIN_TRAIN_EXAMPLES = 16
+EVAL_RATIOS = (0.0, 0.25, 0.5)
+
+
+@dataclass
+class TrainOptions:
+    repo: str | None = None
+    data: str | None = None
+    base: str | None = None
+    out: str | None = None
+    nproc: int = 1
+    max_steps: int = 200
+    save_every: int = 50
+    global_batch_size: int = 16
+    micro_batch_size: int = 4
+    lr: float = 3e-4
+    seed: int = 42
+    fsdp: bool = False
+    eval_limit: int = 200
+    install: bool = True
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def prepare_data(opts: TrainOptions, out: Path) -> Path:
+    """A processed dataset folder: ``--data``, or mined from ``--repo`` into ``OUT/data``."""
+    if opts.data:
+        return Path(opts.data)
+    processed = out / "data"
+    if (processed / "dataset" / "dataset_dict.json").exists():
+        return processed
+    from training.mine import mine_repository
+    from training.process import load_raw, process_rows, save_processed
+
+    _say("mining the repository's history…")
+    stats = mine_repository(opts.repo, out / "raw")
+    _say(stats.line())
+    per_split, funnel = process_rows(load_raw([str(out / "raw")]), split_by="time", seed=opts.seed)
+    final = save_processed(per_split, funnel, processed)
+    _say(funnel.table(final))
+    return processed
+
+
+def tokenize(data: Path, base: str, out: Path) -> Path:
+    from datasets import load_from_disk
+
+    from cmc.model import read_budget
+    from training.tokens import pretokenize_split
+
+    tokens = out / "tokens"
+    dd = load_from_disk(str(data / "dataset" if (data / "dataset").exists() else data))
+    n_train = len(dd["train"]) if "train" in dd else 0
+    if n_train < MIN_TRAIN_EXAMPLES:
+        raise CmcError(
+            f"too few commits to learn from: {n_train} usable training examples after filtering "
+            f"(need at least {MIN_TRAIN_EXAMPLES})"
+        )
+    budget = read_budget(base) if Path(base).exists() else None
+    for split in ("train", "validation"):
+        if split in dd and not (tokens / f"{split}.index.npy").exists():
+            kwargs = {"budget": budget} if budget else {}
+            pretokenize_split(dd[split], base, tokens, split, **kwargs)
+    return tokens
+
+
+def score_model(model: str, data: Path, out: Path, limit: int) -> dict:
+    from training.evaluate import run_eval
+
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    return run_eval(
+        str(data), model, list(EVAL_RATIOS), [True], limit, out, split="validation", progress=False
+    )
+
+
+def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
+    """torchrun in a child; Ctrl-C / SIGTERM reach it (same process group) and we wait for its clean stop."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={opts.nproc}",
+    ]
+    cmd += ["-m", "training.train", "--data", str(tokens), "--out", str(run), "--base", base]
+    cmd += ["--max-steps", str(opts.max_steps), "--save-every", str(opts.save_every)]
+    cmd += [
+        "--global-batch-size",
+        str(opts.global_batch_size),
+        "--micro-batch-size",
+        str(opts.micro_batch_size),
+    ]
+    cmd += [
+        "--lr",
+        str(opts.lr),
+        "--seed",
+        str(opts.seed),
+        "--warmup-steps",
+        str(max(1, opts.max_steps // 10)),
+    ]
+    if opts.fsdp:
+        cmd.append("--fsdp")
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get(
+            "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // opts.nproc))
+        ),
+    }
+    proc = subprocess.Popen(cmd, env=env)
+    interrupted = []
+
+    def forward(signum, frame):
+        interrupted.append(signum)
+        if signum == signal.SIGTERM:  # a terminal's Ctrl-C already reached the whole group
+            proc.send_signal(signal.SIGTERM)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while True:
+            try:
+                return 130 if interrupted and proc.wait() == 0 else proc.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def finished_step(run: Path) -> int:
+    from training.checkpoint import step_dirs
+
+    found = step_dirs(run / "checkpoints")
+    if not found:
+        return 0
+    return json.loads((found[-1][1] / "trainer.json").read_text()).get("step", 0)
+
+
+def personalize(opts: TrainOptions) -> dict:
+    from cmc.gitctx import GitRepo
+    from cmc.model import personalized_model_dir, resolve_model
+
+    if not opts.repo and not opts.data:
+        opts.repo = "."
+    git_repo = GitRepo(opts.repo) if opts.repo else None
+    git_dir = git_repo.common_dir if git_repo else None
+    out = Path(opts.out) if opts.out else (git_dir / "cmc" / "train" if git_dir else None)
+    if out is None:
+        raise CmcError("--out is needed with --data outside a repository")
+    out.mkdir(parents=True, exist_ok=True)
+    base = opts.base or (
+        json.loads((out / "base.json").read_text())["base"]
+        if (out / "base.json").exists()
+        else None
+    )
+    if base is None:
+        configured = git_repo.config("cmc.model") if git_repo else None
+        base = resolve_model(None, configured, str(git_dir) if git_dir else None)
+    from cmc.model import check_model_spec
+
+    check_model_spec(base)
+    (out / "base.json").write_text(json.dumps({"base": base}))
+    if git_repo is not None:
+        opts.repo = str(git_repo.root or opts.repo)
+
+    data = prepare_data(opts, out)
+    tokens = tokenize(data, base, out)
+    before = score_model(base, data, out / "eval-before", opts.eval_limit)
+    run = out / "run"
+    code = run_trainer(opts, tokens, base, run)
+    step = finished_step(run)
+    if code != 0 or step < opts.max_steps:
+        raise CmcError(
+            f"training stopped at step {step} of {opts.max_steps}"
+            + (
+                ""
+                if step == 0
+                else f"; the checkpoint in {run / 'checkpoints'} is kept — run the same command to resume"
+            )
+        )
+    from training.export import export_checkpoint
+
+    model_dir = export_checkpoint(run, out / "model")
+    shutil.rmtree(out / "eval-after", ignore_errors=True)
+    after = score_model(str(model_dir), data, out / "eval-after", opts.eval_limit)
+    result = {
+        "base": base,
+        "model": str(model_dir),
+        "before": before["scores"],
+        "after": after["scores"],
+    }
+    if opts.install and git_dir is not None:
+        target = personalized_model_dir(git_dir)
+        tmp = target.with_name("model.new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(model_dir, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        result["installed"] = str(target)
+    (out / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def report(result: dict) -> str:
+    lines = [
+        f"{'typed':<8}{'EM@1 before':>13}{'EM@1 after':>12}{'B-Norm before':>15}{'B-Norm after':>14}"
+    ]
+    for key in result["before"]:
+        b, a = result["before"][key], result["after"][key]
+        lines.append(
+            f"{key.split('@')[1]:<8}{b['EM@1']:>13.2f}{a['EM@1']:>12.2f}{b['B-Norm']:>15.2f}{a['B-Norm']:>14.2f}"
+        )
+    if result.get("installed"):
+        lines.append(f"this repository now uses {result['installed']}")
+    return "\n".join(lines)
