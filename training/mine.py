@@ -13,10 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from functools import lru_cache
 from pathlib import Path
 
 from cmc import CmcError
@@ -76,6 +78,19 @@ def _open_repo(path: str | Path):
     return repo
 
 
+@lru_cache(maxsize=1)
+def _raw_schema():
+    """The pyarrow schema of a raw row (the shared corpus's)."""
+    import pyarrow as pa
+
+    mod = pa.struct([(k, pa.string()) for k in ("change_type", "old_path", "new_path", "diff")])
+    fields = [("author", pa.int64()), ("author_name", pa.string()), ("author_email_sha1", pa.string()),
+              ("date", pa.string()), ("timezone", pa.int64()), ("hash", pa.string()), ("message", pa.string()),
+              ("mods", pa.list_(mod)), ("language", pa.string()), ("license", pa.string()), ("repo", pa.string()),
+              ("original_message", pa.string())]  # fmt: skip
+    return pa.schema(fields)
+
+
 def repo_name(repo) -> str:
     try:
         url = repo.remotes.origin.url
@@ -108,6 +123,25 @@ def detect_license(repo) -> str:
     return "unknown"
 
 
+def _read_ahead(stream, chunk: int = 1 << 20, depth: int = 32) -> Iterator[bytes]:
+    """Chunks of ``stream`` read by a thread, so git never waits on a full pipe while we parse."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=depth)
+
+    def pump() -> None:
+        try:
+            while data := stream.read(chunk):
+                q.put(data)
+        finally:
+            q.put(b"")
+
+    threading.Thread(target=pump, daemon=True).start()
+    while data := q.get():
+        yield data
+
+
 def _commits(stream, max_bytes: int = MAX_COMMIT_BYTES) -> Iterator[tuple[list[str], str | None]]:
     """Split ``git log -p`` output into (header fields, patch text) per commit, reading big chunks.
 
@@ -125,10 +159,7 @@ def _commits(stream, max_bytes: int = MAX_COMMIT_BYTES) -> Iterator[tuple[list[s
             "utf-8", "replace"
         )
 
-    while True:
-        chunk = stream.read(1 << 20)
-        if not chunk:
-            break
+    for chunk in _read_ahead(stream):
         buf += chunk
         pos = 0
         while True:
@@ -217,10 +248,14 @@ def mine_repository(
     authors: dict[tuple[str, str], int] = {}
     rows: list[dict] = []
 
+    writer = ThreadPoolExecutor(max_workers=1)  # compression and I/O overlap the parsing
+    pending = []
+
     def flush() -> None:
         if rows:
             shard = target / f"shard-{len(stats.shards):05d}.parquet"
-            pq.write_table(pa.Table.from_pylist(rows), shard, compression="zstd")
+            table = pa.Table.from_pylist(rows, schema=_raw_schema())
+            pending.append(writer.submit(pq.write_table, table, shard, compression="zstd"))
             stats.shards.append(str(shard))
             rows.clear()
 
@@ -248,13 +283,12 @@ def mine_repository(
             if "\ufffd" in message:
                 stats.skipped["message not UTF-8 (kept, replaced)"] += 1
             email_sha = hashlib.sha1(a_email.strip().lower().encode()).hexdigest()
-            when = datetime.fromtimestamp(int(ts), tz=timezone.utc)
             rows.append(
                 {
                     "author": authors.setdefault((a_name, email_sha), len(authors)),
                     "author_name": a_name,
                     "author_email_sha1": email_sha,
-                    "date": when.strftime("%d.%m.%Y %H:%M:%S"),
+                    "date": time.strftime("%d.%m.%Y %H:%M:%S", time.gmtime(int(ts))),
                     "timezone": 0,
                     "hash": sha,
                     "message": message.rstrip("\n"),
@@ -270,6 +304,9 @@ def mine_repository(
                 flush()
     finally:
         flush()
+        writer.shutdown(wait=True)
+        for job in pending:
+            job.result()
         bar.close()
         if proc.poll() is None:
             proc.kill()
