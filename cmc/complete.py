@@ -67,7 +67,7 @@ def context_from_row(row: dict, use_history: bool = True) -> Context:
 
 
 def complete_context(
-    lm: Any, context: Context, typed: str, n: int = 3, settings: Any = None
+    lm: Any, context: Context, typed: str, n: int = 3, settings: Any = None, cache: Any = None
 ) -> Completion:
     """Up to ``n`` distinct completions of ``typed`` for this context, best first."""
     from cmc.decoding import DecodeSettings, generate_candidates
@@ -89,6 +89,7 @@ def complete_context(
         n,
         settings,
         eos_token_id(lm.tokenizer),
+        cache,
     )
     return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
 

@@ -13,12 +13,14 @@ the prompt must not ban the n-grams a message legitimately repeats from them.
 from __future__ import annotations
 
 import bisect
+import copy
+import inspect
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList
+from transformers import LogitsProcessor
 
 
 @lru_cache(maxsize=1)
@@ -153,6 +155,142 @@ class DecodeSettings:
     no_repeat_ngram_size: int = 3
 
 
+class PromptCache:
+    """KV states of recent prompts, so a prompt that extends one of them only runs its new tokens.
+
+    While the diff and history stay the same and the user keeps typing, each prompt extends the
+    previous one (the typed text is at its end): only the new tokens go through the model. The
+    context alone (up to ``<|msg|>``) is kept too, so deleting typed text still reuses it.
+    """
+
+    def __init__(self, keep: int = 3):
+        self.keep = keep
+        self.entries: list[
+            tuple[tuple[int, ...], Any, torch.Tensor]
+        ] = []  # (ids, cache, last logits)
+        self.reused_tokens = 0  # of the last prefill, for tests and benchmarks
+
+    def _store(self, ids: tuple[int, ...], cache: Any, logits: torch.Tensor) -> None:
+        self.entries = [e for e in self.entries if e[0] != ids]
+        self.entries.insert(0, (ids, copy.deepcopy(cache), logits))
+        del self.entries[self.keep :]
+
+    def prefill(self, model: Any, ids: list[int], context_len: int) -> tuple[Any, torch.Tensor]:
+        """A cache holding ``ids`` (a fresh copy, the caller may extend it) and the last logits."""
+        key = tuple(ids)
+        best = None
+        for entry in self.entries:
+            n = len(entry[0])
+            if n <= len(key) and key[:n] == entry[0] and (best is None or n > len(best[0])):
+                best = entry
+        if best is not None and len(best[0]) == len(key):
+            self.reused_tokens = len(key)
+            return copy.deepcopy(best[1]), best[2]
+        if best is None:
+            from transformers import DynamicCache
+
+            cache, done = DynamicCache(), 0
+            if 0 < context_len < len(key):  # the context first: it outlives any typed text
+                logits = _forward(model, list(key[:context_len]), cache)
+                self._store(key[:context_len], cache, logits)
+                done = context_len
+        else:
+            cache, done = copy.deepcopy(best[1]), len(best[0])
+        self.reused_tokens = done
+        logits = _forward(model, list(key[done:]), cache)
+        self._store(key, cache, logits)
+        return cache, logits
+
+
+@lru_cache(maxsize=8)
+def _cache_argument(model_class: type) -> str:
+    # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _step(model: Any, ids: torch.Tensor, cache: Any) -> torch.Tensor:
+    """Run ``ids`` through the model on top of ``cache``; float logits of the last position."""
+    kw = {_cache_argument(type(model)): cache}
+    return model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw).logits[:, -1].float()
+
+
+def _forward(model: Any, ids: list[int], cache: Any) -> torch.Tensor:
+    return _step(model, torch.tensor([ids], dtype=torch.long), cache)
+
+
+@torch.inference_mode()
+def beam_search(
+    model: Any,
+    prompt_ids: list[int],
+    message_start: int,
+    processors: list[LogitsProcessor],
+    beams: int,
+    max_new: int,
+    eos_id: int,
+    cache: PromptCache | None = None,
+    length_penalty: float = 1.0,
+) -> list[tuple[list[int], float]]:
+    """Beam search on the model's KV cache; ``beams=1`` is greedy. Returns (tokens, score), best first.
+
+    Scores are summed log-probabilities divided by length ** length_penalty (as in transformers).
+    """
+    from transformers import DynamicCache
+
+    if cache is not None:
+        kv, logits = cache.prefill(model, prompt_ids, message_start)
+    else:
+        kv = DynamicCache()
+        logits = _forward(model, prompt_ids, kv)
+    seqs = torch.tensor([prompt_ids], dtype=torch.long)
+    running = torch.zeros(1)
+    finished: list[tuple[list[int], float]] = []
+    start = len(prompt_ids)
+    for step in range(max_new):
+        logp = torch.log_softmax(logits, dim=-1)
+        for proc in processors:
+            logp = proc(seqs, logp)
+        cand = (running[:, None] + logp).view(-1)
+        top_scores, top_idx = cand.topk(min(2 * beams, cand.numel()))
+        vocab = logp.shape[-1]
+        keep_rows, keep_tokens, keep_scores = [], [], []
+        for rank, (score, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist())):
+            if score == -float("inf"):
+                break
+            row, token = divmod(idx, vocab)
+            if token == eos_id:
+                if rank < beams:  # as in transformers: an end only counts among the top `beams`
+                    tokens = seqs[row, start:].tolist()
+                    finished.append((tokens, score / (len(tokens) + 1) ** length_penalty))
+            else:
+                keep_rows.append(row)
+                keep_tokens.append(token)
+                keep_scores.append(score)
+            if len(keep_rows) == beams:
+                break
+        if not keep_rows:
+            break
+        if len(finished) >= beams:
+            # Done when no running beam can beat the worst of the best `beams` finished ones.
+            worst = sorted(h[1] for h in finished)[-beams]
+            if worst >= max(keep_scores) / (step + 2) ** length_penalty:
+                break
+        order = torch.tensor(keep_rows, dtype=torch.long)
+        toks = torch.tensor(keep_tokens, dtype=torch.long)
+        running = torch.tensor(keep_scores)
+        seqs = torch.cat([seqs[order], toks[:, None]], dim=1)
+        if step + 1 == max_new:
+            break
+        kv.reorder_cache(order)
+        logits = _step(model, toks[:, None], kv)
+    for row in range(seqs.shape[0]):
+        tokens = seqs[row, start:].tolist()
+        if tokens:
+            finished.append((tokens, float(running[row]) / max(1, len(tokens)) ** length_penalty))
+    finished.sort(key=lambda item: -item[1])
+    return finished
+
+
 def generate_candidates(
     model: Any,
     tokenizer: Any,
@@ -164,38 +302,23 @@ def generate_candidates(
     n: int,
     settings: DecodeSettings,
     eos_id: int,
+    cache: PromptCache | None = None,
 ) -> list[Candidate]:
     """Beam search from a prompt; return up to ``n`` distinct completions of ``typed``."""
     table = TokenTable.of(tokenizer)
-    input_ids = torch.tensor([prompt_ids], dtype=torch.long)
     start = len(prompt_ids)
-    processors = LogitsProcessorList([TypedTailConstraint(table, tail, start)])
+    processors: list[LogitsProcessor] = [TypedTailConstraint(table, tail, start)]
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
     beams = max(settings.num_beams, n)
     # Room for the tail itself: a constrained token can be as short as one byte.
     max_new = settings.max_new_tokens + len(tail.encode())
-    with torch.inference_mode():
-        out = model.generate(
-            input_ids=input_ids,
-            attention_mask=torch.ones_like(input_ids),
-            do_sample=False,
-            num_beams=beams,
-            num_return_sequences=beams,
-            max_new_tokens=max_new,
-            eos_token_id=eos_id,
-            pad_token_id=eos_id,
-            logits_processor=processors,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    scores = getattr(out, "sequences_scores", None)
+    hypotheses = beam_search(
+        model, prompt_ids, message_start, processors, beams, max_new, eos_id, cache
+    )
     seen: set[str] = set()
     result: list[Candidate] = []
-    for i, seq in enumerate(out.sequences.tolist()):
-        new = seq[start:]
-        if eos_id in new:
-            new = new[: new.index(eos_id)]
+    for new, score in hypotheses:
         generated = table.text(new).decode("utf-8", "replace")
         if not generated.startswith(tail):
             continue  # cannot happen unless max_new ran out inside the tail
@@ -207,7 +330,6 @@ def generate_candidates(
         if not key or key in seen:
             continue
         seen.add(key)
-        score = float(scores[i]) if scores is not None else 0.0
         result.append(Candidate(message, continuation, score))
         if len(result) == n:
             break
