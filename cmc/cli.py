@@ -93,8 +93,18 @@ def complete(
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed, _ = split_message_file(text, git_repo.config("core.commentChar") or "#")
-    lm = load_model(resolve_model(model, git_repo.config("cmc.model"), str(git_repo.common_dir)))
-    result = complete_context(lm, context_from_repo(git_repo, not no_history), typed, num, settings)
+    from cmc.daemon import complete_with_daemon
+
+    result = None
+    if not no_history and model is None:
+        result = complete_with_daemon(git_repo, typed, num, settings)
+    if result is None:
+        lm = load_model(
+            resolve_model(model, git_repo.config("cmc.model"), str(git_repo.common_dir))
+        )
+        result = complete_context(
+            lm, context_from_repo(git_repo, not no_history), typed, num, settings
+        )
     if as_json:
         click.echo(json.dumps(result.as_json(), indent=2))
     elif result.candidates:
@@ -169,6 +179,40 @@ def hook_run(message_file, source, sha):
     from cmc import hook as hook_mod
 
     sys.exit(hook_mod.run(message_file, source, sha))
+
+
+@main.command()
+@click.option(
+    "--idle-timeout", default=900.0, show_default=True, help="Exit after this many idle seconds."
+)
+@click.option("--stop", is_flag=True, help="Stop the running daemon.")
+@click.option("--status", is_flag=True, help="Say whether a daemon is running.")
+def serve(idle_timeout, stop, status):
+    """Keep the model warm for the hook, `cmc complete` and editors (private Unix socket)."""
+    from cmc import daemon
+
+    if status or stop:
+        info = daemon.ping()
+        if info is None:
+            click.echo(f"no daemon on {daemon.socket_path()}")
+            return
+        if stop:
+            daemon._request({"op": "shutdown"}, 2.0)
+            click.echo(f"stopped the daemon (pid {info.get('pid')})")
+        else:
+            click.echo(
+                f"cmc {info.get('version')} daemon, pid {info.get('pid')}, on {daemon.socket_path()}"
+            )
+        return
+    sys.exit(daemon.serve(idle_timeout))
+
+
+@main.command()
+def lsp():
+    """Language server over stdio: completions in git commit message buffers (COMMIT_EDITMSG)."""
+    from cmc.lsp import run
+
+    run()
 
 
 def _register_training_commands() -> None:

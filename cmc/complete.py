@@ -30,6 +30,7 @@ class Completion:
     candidates: list[Any]  # cmc.decoding.Candidate
     model: str
     latency_ms: float
+    served_by: str = "in-process"
 
     @property
     def best(self) -> str | None:
@@ -40,6 +41,7 @@ class Completion:
             "prefix": self.typed,
             "model": self.model,
             "latency_ms": round(self.latency_ms, 1),
+            "served_by": self.served_by,
             "candidates": [
                 {"message": c.message, "continuation": c.continuation, "score": round(c.score, 4)}
                 for c in self.candidates

@@ -190,13 +190,14 @@ class PromptCache:
             from transformers import DynamicCache
 
             cache, done = DynamicCache(), 0
+            self.reused_tokens = 0
             if 0 < context_len < len(key):  # the context first: it outlives any typed text
                 logits = _forward(model, list(key[:context_len]), cache)
                 self._store(key[:context_len], cache, logits)
                 done = context_len
         else:
             cache, done = copy.deepcopy(best[1]), len(best[0])
-        self.reused_tokens = done
+            self.reused_tokens = done
         logits = _forward(model, list(key[done:]), cache)
         self._store(key, cache, logits)
         return cache, logits

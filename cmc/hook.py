@@ -201,7 +201,7 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
 
         def work() -> None:
             try:
-                result["completion"] = _complete_for_hook(repo, typed)
+                result["completion"] = _complete_for_hook(repo, typed, timeout)
             except BaseException as exc:  # reported below, in the main thread
                 result["error"] = exc
                 result["trace"] = traceback.format_exc()
@@ -241,12 +241,18 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
     return 0
 
 
-def _complete_for_hook(repo, typed: str):
+def _complete_for_hook(repo, typed: str, timeout: float):
+    """From the warm daemon when one answers in time; else in this process."""
+    from cmc.daemon import complete_with_daemon
+
+    n = int(repo.config("cmc.candidates") or 3)
+    result = complete_with_daemon(repo, typed, n, timeout=max(0.1, timeout - 0.5))
+    if result is not None:
+        return result
     from cmc.complete import complete_context, context_from_repo
     from cmc.model import load_model, resolve_model
 
     spec = resolve_model(None, repo.config("cmc.model"), str(repo.common_dir))
     lm = load_model(spec)
     use_history = repo.config_bool("cmc.history", True)
-    n = int(repo.config("cmc.candidates") or 3)
     return complete_context(lm, context_from_repo(repo, use_history), typed, n)

@@ -51,6 +51,7 @@ def cmc_env(extra: dict | None = None) -> dict:
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     env.pop("CMC_DISABLE", None)
+    env["CMC_NO_DAEMON"] = "1"  # tests that want the daemon say so and give it a private socket
     env.update(extra or {})
     return env
 

@@ -1,0 +1,92 @@
+"""A warm completion service: models stay loaded, each repository's context and prompt KV are reused.
+
+Used by the daemon (`cmc serve`) and the language server (`cmc lsp`). A repository's context (staged
+diff + author history) is recomputed only when git's index or HEAD changes (a stat of a few files,
+no git process); with it goes its `PromptCache`, so while the user types, only new tokens run.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cmc.complete import Completion, Context, complete_context, context_from_repo
+
+
+def repo_state(git_dir: Path) -> tuple:
+    """Cheap fingerprint of what the staged diff and history depend on: the index and HEAD."""
+    parts: list[Any] = []
+    for name in ("index", "HEAD"):
+        try:
+            st = (git_dir / name).stat()
+            parts.append((st.st_mtime_ns, st.st_size))
+        except OSError:
+            parts.append(None)
+    try:
+        head = (git_dir / "HEAD").read_text().strip()
+        if head.startswith("ref: "):
+            ref = head[5:]
+            common = git_dir
+            if (git_dir / "commondir").exists():
+                common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
+            for base in (git_dir, common):
+                if (base / ref).exists():
+                    parts.append((base / ref).read_text().strip())
+                    break
+            else:
+                parts.append(ref)  # a packed ref or an unborn branch
+        else:
+            parts.append(head)
+    except OSError:
+        parts.append(None)
+    return tuple(parts)
+
+
+@dataclass
+class _RepoEntry:
+    state: tuple
+    context: Context
+    cache: Any  # cmc.decoding.PromptCache
+
+
+class CompletionService:
+    """Thread-safe: one computation at a time (the model is shared), any number of repositories."""
+
+    def __init__(self, max_repos: int = 8):
+        self.lock = threading.Lock()
+        self.repos: OrderedDict[tuple, _RepoEntry] = OrderedDict()
+        self.max_repos = max_repos
+
+    def complete(
+        self,
+        repo_path: str,
+        typed: str,
+        n: int = 3,
+        model: str | None = None,
+        history: bool | None = None,
+        settings: Any = None,
+    ) -> tuple[Completion, int]:
+        """Completion for a repository's staged change; also how many prompt tokens were reused."""
+        from cmc.decoding import PromptCache
+        from cmc.gitctx import GitRepo
+        from cmc.model import load_model, resolve_model
+
+        with self.lock:
+            repo = GitRepo(repo_path)
+            spec = resolve_model(model, repo.config("cmc.model"), str(repo.common_dir))
+            use_history = repo.config_bool("cmc.history", True) if history is None else history
+            lm = load_model(spec)
+            key = (str(repo.git_dir), spec, use_history)
+            state = repo_state(repo.git_dir)
+            entry = self.repos.get(key)
+            if entry is None or entry.state != state:
+                entry = _RepoEntry(state, context_from_repo(repo, use_history), PromptCache())
+                self.repos[key] = entry
+            self.repos.move_to_end(key)
+            while len(self.repos) > self.max_repos:
+                self.repos.popitem(last=False)
+            result = complete_context(lm, entry.context, typed, n, settings, entry.cache)
+            return result, entry.cache.reused_tokens

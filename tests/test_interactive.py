@@ -1,0 +1,286 @@
+"""The warm daemon and the language server, driven for real: sockets, processes, an LSP client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    LEARNED_DIFF_FILE,
+    LEARNED_MESSAGE,
+    PARSER_AFTER,
+    PARSER_BEFORE,
+    cmc_env,
+    commit_file,
+    git,
+    init_repo,
+)
+
+from cmc import __version__
+from cmc.daemon import _request
+
+
+def staged_repo(path: Path, model: Path) -> Path:
+    repo = init_repo(path)
+    commit_file(repo, LEARNED_DIFF_FILE, PARSER_BEFORE, "Add a parser for configuration files")
+    (repo / LEARNED_DIFF_FILE).write_text(PARSER_AFTER)
+    git(repo, "add", ".")
+    git(repo, "config", "cmc.model", str(model))
+    git(repo, "config", "cmc.timeout", "120")
+    return repo
+
+
+class Daemon:
+    def __init__(self, sock: Path, extra_env: dict | None = None, idle: float = 120):
+        self.sock = sock
+        self.env = cmc_env({"CMC_SOCKET": str(sock), "CMC_NO_DAEMON": "0", **(extra_env or {})})
+        self.proc = subprocess.Popen(["cmc", "serve", "--idle-timeout", str(idle)], env=self.env, start_new_session=True,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        deadline = time.time() + 60
+        while _request({"op": "ping"}, 0.5, sock) is None:
+            assert self.proc.poll() is None, self.proc.stderr.read().decode()
+            assert time.time() < deadline
+            time.sleep(0.1)
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    started: list[Daemon] = []
+
+    def start(**kw) -> Daemon:
+        d = Daemon(tmp_path / "run" / "cmc.sock", **kw)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+def complete_req(repo: Path, typed: str, sock: Path, n: int = 1) -> dict:
+    reply = _request(
+        {
+            "op": "complete",
+            "version": __version__,
+            "repo": str(repo),
+            "typed": typed,
+            "n": n,
+            "beams": 1,
+            "max_new_tokens": 12,
+        },
+        60,
+        sock,
+    )
+    assert reply and reply["ok"], reply
+    return reply
+
+
+def test_daemon_answers_cli_and_reuses_the_prompt_while_typing(tmp_path, tiny_model, daemon):
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    d = daemon()
+    assert stat.S_IMODE(d.sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE(d.sock.parent.stat().st_mode) == 0o700
+    out = subprocess.run(
+        ["cmc", "complete", "--prefix", "Fix parser cr", "--json"],
+        cwd=repo,
+        env=d.env,
+        capture_output=True,
+        text=True,
+    )
+    data = json.loads(out.stdout)
+    assert data["served_by"] == "daemon" and data["candidates"][0]["message"] == LEARNED_MESSAGE
+
+    first = complete_req(repo, "Fix", d.sock)
+    grown = complete_req(repo, "Fix parser", d.sock)
+    assert grown["reused_tokens"] >= len(first["result"]["prefix"]) and grown["reused_tokens"] > 10
+    assert grown["result"]["candidates"][0]["message"] == LEARNED_MESSAGE
+    # A new staged diff is a new context: nothing of the old prompt may be reused.
+    (repo / "notes.txt").write_text("unrelated notes about something else\n")
+    git(repo, "add", "notes.txt")
+    changed = complete_req(repo, "Fix parser", d.sock)
+    assert changed["reused_tokens"] == 0
+
+
+def test_concurrent_requests_from_several_repositories(tmp_path, tiny_model, daemon):
+    learned = staged_repo(tmp_path / "a", tiny_model)
+    other = init_repo(tmp_path / "b")
+    git(other, "config", "cmc.model", str(tiny_model))
+    (other / "README.md").write_text("hello\n")
+    git(other, "add", ".")
+    d = daemon()
+    results: dict[str, list[str]] = {"a": [], "b": []}
+
+    def worker(name: str, repo: Path, typed: str) -> None:
+        for _ in range(3):
+            results[name].append(
+                complete_req(repo, typed, d.sock)["result"]["candidates"][0]["message"]
+            )
+
+    threads = [
+        threading.Thread(target=worker, args=("a", learned, "Fix pa")),
+        threading.Thread(target=worker, args=("b", other, "Add sup")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results["a"] == [LEARNED_MESSAGE] * 3
+    assert len(results["b"]) == 3 and all(m.startswith("Add sup") for m in results["b"])
+    assert len(set(results["b"])) == 1  # the same answer every time: no state leaked between repos
+
+
+def test_daemon_killed_mid_request_the_commit_still_gets_a_message(tmp_path, tiny_model, daemon):
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    d = daemon(extra_env={"CMC_TEST_DAEMON_DELAY": "60"})
+    subprocess.run(["cmc", "hook", "install"], cwd=repo, env=d.env, check=True, capture_output=True)
+    seen = tmp_path / "seen.txt"
+    editor = tmp_path / "editor.sh"
+    editor.write_text(f'#!/bin/sh\ncp "$1" "{seen}"\n')
+    editor.chmod(0o755)
+    commit = subprocess.Popen(
+        ["git", "commit"],
+        cwd=repo,
+        env={**d.env, "GIT_EDITOR": str(editor)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    while not any(c.status == "ESTABLISHED" for c in _connections(d.proc.pid)):
+        assert time.time() < deadline and commit.poll() is None
+        time.sleep(0.1)
+    d.kill()
+    _, err = commit.communicate(timeout=180)
+    assert commit.returncode == 0, err
+    assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE  # completed in-process instead
+
+
+def _connections(pid: int):
+    """Unix stream connections of a process, from /proc (no psutil needed)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+
+    class C:
+        status = "ESTABLISHED"
+
+    conns = []
+    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        parts = line.split()
+        # connected stream sockets have state 03; the listening one is 01
+        if len(parts) >= 7 and parts[6] in inodes and parts[5] == "03":
+            conns.append(C())
+    return conns
+
+
+def test_stale_socket_is_replaced_and_idle_daemon_exits(tmp_path, tiny_model, daemon):
+    d = daemon()
+    d.kill()
+    assert d.sock.exists()  # a dead daemon's socket stays behind
+    d2 = daemon(idle=1.0)
+    assert _request({"op": "ping"}, 1, d2.sock)["pid"] == d2.proc.pid
+    d2.proc.wait(timeout=30)  # exits on its own once idle
+    assert not d2.sock.exists()
+
+
+def test_another_user_cannot_connect(tmp_path):
+    if os.getuid() != 0 or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs root (to act as another user) and a system python")
+    import tempfile
+
+    # Under a folder anyone may traverse, so only cmc's own folder and socket modes keep others out.
+    with tempfile.TemporaryDirectory(prefix="cmc-open-") as open_dir:
+        os.chmod(open_dir, 0o755)
+        d = Daemon(Path(open_dir) / "run" / "cmc.sock")
+        try:
+            code = f"import socket; s=socket.socket(socket.AF_UNIX); s.connect({str(d.sock)!r}); print('connected')"
+            result = subprocess.run(
+                ["/usr/bin/python3", "-c", code],
+                capture_output=True,
+                text=True,
+                user=65534,
+                group=65534,
+            )
+            assert result.returncode != 0 and "Permission denied" in result.stderr
+            assert _request({"op": "ping"}, 2, d.sock)["ok"]  # its owner still gets in
+        finally:
+            d.kill()
+
+
+def test_other_versions_are_refused(tmp_path, daemon):
+    d = daemon()
+    reply = _request(
+        {"op": "complete", "version": "0.0.0-old", "repo": str(tmp_path), "typed": ""}, 5, d.sock
+    )
+    assert reply["ok"] is False and reply["version"] == __version__
+
+
+def test_language_server_completes_a_commit_message_buffer(tmp_path, tiny_model):
+    from lsprotocol import types as lsp
+    from pygls.lsp.client import LanguageClient
+
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    message_file = repo / ".git" / "COMMIT_EDITMSG"
+    text = "Fix parser cr\n# Please enter the commit message for your changes.\n"
+    message_file.write_text(text)
+    uri = message_file.as_uri()
+
+    async def session():
+        client = LanguageClient("test-editor", "1")
+        await client.start_io(
+            sys.executable, "-m", "cmc.cli", "lsp", env=cmc_env(), cwd=str(tmp_path)
+        )
+        await client.initialize_async(
+            lsp.InitializeParams(capabilities=lsp.ClientCapabilities(), root_uri=repo.as_uri())
+        )
+        client.initialized(lsp.InitializedParams())
+        client.text_document_did_open(
+            lsp.DidOpenTextDocumentParams(lsp.TextDocumentItem(uri, "gitcommit", 1, text))
+        )
+        pos = lsp.Position(0, len("Fix parser cr"))
+        listed = await asyncio.wait_for(
+            client.text_document_completion_async(
+                lsp.CompletionParams(lsp.TextDocumentIdentifier(uri), pos)
+            ),
+            120,
+        )
+        inline = await asyncio.wait_for(
+            client.text_document_inline_completion_async(
+                lsp.InlineCompletionParams(
+                    lsp.InlineCompletionContext(lsp.InlineCompletionTriggerKind.Automatic),
+                    lsp.TextDocumentIdentifier(uri),
+                    pos,
+                )
+            ),
+            120,
+        )
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+        return listed, inline
+
+    listed, inline = asyncio.run(session())
+    items = listed.items if hasattr(listed, "items") else listed
+    best = items[0]
+    assert best.text_edit.new_text == "crash on empty configuration files"
+    assert best.text_edit.range.start.character == len("Fix parser ")
+    assert inline.items[0].insert_text == "ash on empty configuration files"
