@@ -145,6 +145,9 @@ def test_concurrent_requests_from_several_repositories(tmp_path, tiny_model, dae
 
 def test_daemon_killed_mid_request_the_commit_still_gets_a_message(tmp_path, tiny_model, daemon):
     repo = staged_repo(tmp_path / "repo", tiny_model)
+    git(
+        repo, "config", "cmc.daemon", "false"
+    )  # no replacement daemon: the fallback must do the work
     d = daemon(extra_env={"CMC_TEST_DAEMON_DELAY": "60"})
     subprocess.run(["cmc", "hook", "install"], cwd=repo, env=d.env, check=True, capture_output=True)
     seen = tmp_path / "seen.txt"
@@ -190,6 +193,43 @@ def _connections(pid: int):
         if len(parts) >= 7 and parts[6] in inodes and parts[5] == "03":
             conns.append(C())
     return conns
+
+
+def test_cli_starts_a_daemon_in_the_background_when_allowed(tmp_path, tiny_model):
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    sock = tmp_path / "auto" / "cmc.sock"
+    env = cmc_env({"CMC_SOCKET": str(sock), "CMC_NO_DAEMON": "0"})
+    first = subprocess.run(
+        ["cmc", "complete", "--prefix", "Fix pa", "--json"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert json.loads(first.stdout)["served_by"] == "in-process"  # nobody to ask yet: no waiting
+    deadline = time.time() + 60
+    while (info := _request({"op": "ping"}, 0.5, sock)) is None:
+        assert time.time() < deadline, "no daemon was started"
+        time.sleep(0.2)
+    try:
+        second = subprocess.run(
+            ["cmc", "complete", "--prefix", "Fix pa", "--json"],
+            cwd=repo,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        data = json.loads(second.stdout)
+        assert data["served_by"] == "daemon" and data["candidates"][0]["message"] == LEARNED_MESSAGE
+    finally:
+        os.kill(info["pid"], signal.SIGKILL)
+    git(repo, "config", "cmc.daemon", "false")
+    sock.unlink()
+    subprocess.run(
+        ["cmc", "complete", "--prefix", "Fix pa"], cwd=repo, env=env, capture_output=True, text=True
+    )
+    time.sleep(1.0)
+    assert not sock.exists()  # cmc.daemon false: nothing started
 
 
 def test_stale_socket_is_replaced_and_idle_daemon_exits(tmp_path, tiny_model, daemon):

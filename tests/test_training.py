@@ -195,6 +195,24 @@ def test_resumed_losses_match_the_uninterrupted_run(
             assert abs(got[step] - ref[step]) < 1e-6, (step, got[step], ref[step])
 
 
+def kill_run(proc: subprocess.Popen, out: Path) -> None:
+    """SIGKILL torchrun and its workers (they run in sessions of their own)."""
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit():
+            try:
+                cmdline = (pid_dir / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if str(out) in cmdline:
+                try:
+                    os.kill(int(pid_dir.name), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_bitwise(
     reference_run, token_data, tmp_path
 ):
@@ -215,11 +233,9 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_bitwise(
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.2)
         time.sleep(0.5)
-        os.killpg(proc.pid, signal.SIGKILL)  # shards and .metadata written, trainer.json not yet
-        proc.wait()
+        kill_run(proc, out)  # shards and .metadata written, trainer.json not yet
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+        kill_run(proc, out)
     assert not (out / "checkpoints" / "step-2" / "trainer.json").exists()
     from training.checkpoint import step_dirs
 
