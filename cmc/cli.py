@@ -63,8 +63,13 @@ def complete(
     repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens
 ):
     """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
-    from cmc.complete import complete_context, complete_rows, context_from_repo, read_jsonl
-    from cmc.decoding import DecodeSettings
+    from cmc.complete import (
+        DecodeSettings,
+        complete_context,
+        complete_rows,
+        context_from_repo,
+        read_jsonl,
+    )
     from cmc.model import load_model, resolve_model
 
     settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)

@@ -19,6 +19,24 @@ from cmc.prompt import build_prompt, eos_token_id, split_typed
 
 
 @dataclass
+class Candidate:
+    message: str  # the whole message: typed text + continuation
+    continuation: str  # what to append to the typed text
+    score: float
+
+
+@dataclass
+class DecodeSettings:
+    num_beams: int = 5
+    max_new_tokens: int = 32
+    no_repeat_ngram_size: int = 3
+    stop_at_newline: bool = False  # one line at a time: keystroke and ghost-text completions
+
+
+KEYSTROKE = DecodeSettings(num_beams=1, max_new_tokens=12, stop_at_newline=True)
+
+
+@dataclass
 class Context:
     diff: str  # processed diff text
     history: list[str] = field(default_factory=list)  # oldest → newest, cleaned
@@ -72,7 +90,7 @@ def complete_context(
     lm: Any, context: Context, typed: str, n: int = 3, settings: Any = None, cache: Any = None
 ) -> Completion:
     """Up to ``n`` distinct completions of ``typed`` for this context, best first."""
-    from cmc.decoding import DecodeSettings, generate_candidates
+    from cmc.decoding import generate_candidates
 
     settings = settings or DecodeSettings()
     started = time.perf_counter()

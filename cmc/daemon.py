@@ -90,12 +90,15 @@ def remote_complete(
     payload = {"op": "complete", "version": __version__, "repo": str(Path(repo).resolve()), "typed": typed, "n": n,
                "model": model, "history": history}  # fmt: skip
     if settings is not None:
-        payload.update(beams=settings.num_beams, max_new_tokens=settings.max_new_tokens)
+        payload.update(
+            beams=settings.num_beams,
+            max_new_tokens=settings.max_new_tokens,
+            line=settings.stop_at_newline,
+        )
     reply = _request(payload, timeout)
     if not reply or not reply.get("ok") or reply.get("version") != __version__:
         return None
-    from cmc.complete import Completion
-    from cmc.decoding import Candidate
+    from cmc.complete import Candidate, Completion
 
     data = reply["result"]
     candidates = [
@@ -210,12 +213,14 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return {"ok": False, "error": f"unknown op {op!r}"}
         if req.get("version") != __version__:
             return {"ok": False, "error": "version mismatch"}
-        from cmc.decoding import DecodeSettings
+        from cmc.complete import DecodeSettings
 
         settings = DecodeSettings()
         if "beams" in req:
             settings = DecodeSettings(
-                num_beams=int(req["beams"]), max_new_tokens=int(req.get("max_new_tokens", 32))
+                num_beams=int(req["beams"]),
+                max_new_tokens=int(req.get("max_new_tokens", 32)),
+                stop_at_newline=bool(req.get("line", False)),
             )
         delay = float(os.environ.get("CMC_TEST_DAEMON_DELAY", "0") or 0)
         if delay:  # tests kill the daemon while a request is in flight

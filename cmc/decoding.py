@@ -15,12 +15,13 @@ from __future__ import annotations
 import bisect
 import copy
 import inspect
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
 from transformers import LogitsProcessor
+
+from cmc.complete import Candidate, DecodeSettings
 
 
 @lru_cache(maxsize=1)
@@ -73,6 +74,11 @@ class TokenTable:
         if key not in cls._cache:
             cls._cache[key] = cls(tokenizer)
         return cls._cache[key]
+
+    def newline_ids(self) -> frozenset[int]:
+        if not hasattr(self, "_newline"):
+            self._newline = frozenset(i for i, b in enumerate(self.bytes) if b and b"\n" in b)
+        return self._newline
 
     def text(self, ids: list[int]) -> bytes:
         return b"".join(self.bytes[i] or b"" for i in ids if i < len(self.bytes))
@@ -139,20 +145,6 @@ class MessageNoRepeatNGram(LogitsProcessor):
             if banned:
                 scores[row, banned] = -float("inf")
         return scores
-
-
-@dataclass
-class Candidate:
-    message: str  # the whole message: typed text + continuation
-    continuation: str  # what to append to the typed text
-    score: float
-
-
-@dataclass
-class DecodeSettings:
-    num_beams: int = 5
-    max_new_tokens: int = 32
-    no_repeat_ngram_size: int = 3
 
 
 class PromptCache:
@@ -231,10 +223,12 @@ def beam_search(
     eos_id: int,
     cache: PromptCache | None = None,
     length_penalty: float = 1.0,
+    stops: Any = None,
 ) -> list[tuple[list[int], float]]:
     """Beam search on the model's KV cache; ``beams=1`` is greedy. Returns (tokens, score), best first.
 
     Scores are summed log-probabilities divided by length ** length_penalty (as in transformers).
+    ``stops(tokens, token)`` may end a hypothesis on other tokens than ``eos_id`` (without them).
     """
     from transformers import DynamicCache
 
@@ -259,7 +253,7 @@ def beam_search(
             if score == -float("inf"):
                 break
             row, token = divmod(idx, vocab)
-            if token == eos_id:
+            if token == eos_id or (stops is not None and stops(seqs[row, start:].tolist(), token)):
                 if rank < beams:  # as in transformers: an end only counts among the top `beams`
                     tokens = seqs[row, start:].tolist()
                     finished.append((tokens, score / (len(tokens) + 1) ** length_penalty))
@@ -314,8 +308,16 @@ def generate_candidates(
     beams = max(settings.num_beams, n)
     # Room for the tail itself: a constrained token can be as short as one byte.
     max_new = settings.max_new_tokens + len(tail.encode())
+    stops = None
+    if settings.stop_at_newline:
+        tail_bytes = len(tail.encode())
+        newline = table.newline_ids()
+
+        def stops(tokens: list[int], token: int) -> bool:
+            return token in newline and len(table.text(tokens)) >= tail_bytes
+
     hypotheses = beam_search(
-        model, prompt_ids, message_start, processors, beams, max_new, eos_id, cache
+        model, prompt_ids, message_start, processors, beams, max_new, eos_id, cache, stops=stops
     )
     seen: set[str] = set()
     result: list[Candidate] = []

@@ -132,25 +132,40 @@ class GitRepo:
         self.git_dir = Path(self.repo.git_dir)
         self.common_dir = Path(self.repo.common_dir)
         self.root = Path(self.repo.working_tree_dir) if self.repo.working_tree_dir else None
+        self._config_cache: dict[str, list[str]] | None = None
+
+    def _config(self) -> dict[str, list[str]]:
+        """All of git's config for this repository, read once (one process, not one per key)."""
+        if self._config_cache is None:
+            values: dict[str, list[str]] = {}
+            try:
+                out = self.git.config("-z", "--list")
+            except Exception:
+                out = ""
+            for item in out.split("\0"):
+                if item:
+                    key, _, value = item.partition("\n")
+                    values.setdefault(key.lower(), []).append(value)
+            self._config_cache = values
+        return self._config_cache
 
     def config(self, key: str, default: str | None = None) -> str | None:
-        try:
-            return self.git.config("--get", key)
-        except Exception:
-            return default
+        values = self._config().get(key.lower())
+        return values[-1] if values else default
 
     def config_all(self, key: str) -> list[str]:
-        try:
-            return [v for v in self.git.config("--get-all", key).splitlines() if v]
-        except Exception:
-            return []
+        return [v for v in self._config().get(key.lower(), []) if v]
 
     def config_bool(self, key: str, default: bool) -> bool:
-        try:
-            value = self.git.config("--type=bool", "--get", key)
-        except Exception:
+        value = self.config(key)
+        if value is None:
             return default
-        return value.strip() == "true"
+        low = value.strip().lower()
+        if low in ("true", "yes", "on", "1", ""):
+            return True
+        if low in ("false", "no", "off", "0"):
+            return False
+        return default
 
     def has_head(self) -> bool:
         return self.repo.head.is_valid()

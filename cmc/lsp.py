@@ -9,7 +9,6 @@ the model warm and reuses the prompt's KV states between keystrokes (`cmc.servic
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -65,12 +64,12 @@ def _complete(uri: str, position: lsp.Position, n: int):
     if not is_commit_message(uri, doc.language_id):
         return None, ""
     typed = typed_before(doc.source, position.line, position.character)
-    from cmc.decoding import DecodeSettings
+    from dataclasses import replace
 
-    # Keystroke completions: a short greedy/beam decode keeps them interactive.
-    settings = DecodeSettings(
-        num_beams=max(1, n), max_new_tokens=int(os.environ.get("CMC_LSP_MAX_TOKENS", "16"))
-    )
+    from cmc.complete import KEYSTROKE
+
+    # Keystroke completions: one line, a short greedy (or small beam) decode keeps them interactive.
+    settings = replace(KEYSTROKE, num_beams=max(1, n))
     try:
         result, _ = _get_service().complete(
             repo_of_message_file(path_of(uri)), typed, n=n, settings=settings

@@ -55,16 +55,11 @@ _LOADED: dict[str, LoadedModel] = {}
 
 
 def _cpu_dtype():
-    """bf16 where the CPU computes it natively (AMX / AVX512-BF16: ~3x faster prefill), else fp32."""
+    """fp32 unless CMC_DTYPE says otherwise: measured here (AMX CPU), bf16 prefills a 600-token
+    prompt 3x faster but decodes each token slower (6.3 vs 4.6 ms), and decoding dominates."""
     import torch
 
-    if os.environ.get("CMC_DTYPE") in ("float32", "bfloat16"):
-        return getattr(torch, os.environ["CMC_DTYPE"])
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return torch.float32
-    return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else torch.float32
+    return getattr(torch, os.environ.get("CMC_DTYPE", "float32"), torch.float32)
 
 
 def read_budget(path: str) -> Budget:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cmc.complete import Completion, Context, complete_context, context_from_repo
+from cmc.complete import Candidate, Completion, Context, complete_context, context_from_repo
 
 
 def repo_state(git_dir: Path) -> tuple:
@@ -50,6 +50,22 @@ class _RepoEntry:
     state: tuple
     context: Context
     cache: Any  # cmc.decoding.PromptCache
+    last: tuple | None = None  # (settings, n, Completion) of the previous request
+
+
+def follow_suggestion(previous: Completion, typed: str) -> Completion | None:
+    """When the user typed more of what was suggested, the suggestion stands: no model run."""
+    if not typed.startswith(previous.typed) or len(typed) <= len(previous.typed):
+        return None
+    kept = [
+        c
+        for c in previous.candidates
+        if c.message.startswith(typed) and len(c.message) > len(typed)
+    ]
+    if not kept or not previous.candidates[0].message.startswith(typed):
+        return None
+    cands = [Candidate(c.message, c.message[len(typed) :], c.score) for c in kept]
+    return Completion(typed, cands, previous.model, 0.0)
 
 
 class CompletionService:
@@ -61,7 +77,7 @@ class CompletionService:
         self.max_repos = max_repos
 
     def complete(
-        self,
+        self,  # returns (completion, prompt tokens reused; -1 when the previous suggestion stood)
         repo_path: str,
         typed: str,
         n: int = 3,
@@ -88,5 +104,11 @@ class CompletionService:
             self.repos.move_to_end(key)
             while len(self.repos) > self.max_repos:
                 self.repos.popitem(last=False)
+            if entry.last is not None and entry.last[:2] == (settings, n):
+                followed = follow_suggestion(entry.last[2], typed)
+                if followed is not None:
+                    entry.last = (settings, n, followed)
+                    return followed, -1
             result = complete_context(lm, entry.context, typed, n, settings, entry.cache)
+            entry.last = (settings, n, result)
             return result, entry.cache.reused_tokens

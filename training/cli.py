@@ -186,7 +186,7 @@ def evaluate(
     histories = [True, False] if history is None else [history]
     settings = None
     if model != "nngen":
-        from cmc.decoding import DecodeSettings
+        from cmc.complete import DecodeSettings
         from cmc.model import BUNDLED_MODEL
 
         settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
