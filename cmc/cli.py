@@ -58,7 +58,7 @@ def main() -> None:
 @click.option(
     "--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width."
 )
-@click.option("--max-new-tokens", default=32, show_default=True, type=click.IntRange(1, 512))
+@click.option("--max-new-tokens", default=24, show_default=True, type=click.IntRange(1, 512))
 def complete(
     repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens
 ):

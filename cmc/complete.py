@@ -28,7 +28,7 @@ class Candidate:
 @dataclass
 class DecodeSettings:
     num_beams: int = 5
-    max_new_tokens: int = 32
+    max_new_tokens: int = 24  # a subject line and a bit; the median message is ~12 tokens
     no_repeat_ngram_size: int = 3
     stop_at_newline: bool = False  # one line at a time: keystroke and ghost-text completions
 
