@@ -70,6 +70,11 @@ _TRIVIAL = re.compile(
     re.IGNORECASE,
 )
 _BULLET = re.compile(r"^\s*\*\s+\S", re.M)
+_ORPHAN = re.compile(
+    r"^(?:close[sd]?|fix(?:e[sd])?|resolve[sd]?|refs?|references|see(?: also)?|related(?: to)?|"
+    r"part of|re|cc|issue|pr)\s*[:.,]?$",
+    re.IGNORECASE,
+)
 
 
 def clean_message(message: str) -> str:
@@ -86,6 +91,8 @@ def clean_message(message: str) -> str:
     lines = []
     for line in text.split("\n"):
         line = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip()
+        if _ORPHAN.match(line):
+            continue  # "Closes #12" once the reference is gone
         if line or (lines and lines[-1]):
             lines.append(line)
     return "\n".join(lines).strip()

@@ -108,10 +108,15 @@ def test_daemon_answers_cli_and_reuses_the_prompt_while_typing(tmp_path, tiny_mo
     assert first["result"]["candidates"][0]["message"] == LEARNED_MESSAGE
     # Typing along the suggestion: it stands, no model run at all.
     along = complete_req(repo, "Fix pars", d.sock)
-    assert along["reused_tokens"] == -1 and along["result"]["candidates"][0]["continuation"] == LEARNED_MESSAGE[8:]
+    assert (
+        along["reused_tokens"] == -1
+        and along["result"]["candidates"][0]["continuation"] == LEARNED_MESSAGE[8:]
+    )
     # Typing something else: the model runs, on top of the cached prompt.
     other = complete_req(repo, "Fix pars the", d.sock)
-    assert other["reused_tokens"] > 10 and other["result"]["candidates"][0]["message"].startswith("Fix pars the")
+    assert other["reused_tokens"] > 10 and other["result"]["candidates"][0]["message"].startswith(
+        "Fix pars the"
+    )
     # A new staged diff is a new context: nothing of the old prompt may be reused.
     (repo / "notes.txt").write_text("unrelated notes about something else\n")
     git(repo, "add", "notes.txt")

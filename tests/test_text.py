@@ -18,6 +18,7 @@ from cmc.prompt import DIFF, HISTORY, MSG, SEP, Budget, build_prompt, split_type
         ("Thanks @octocat for the report on JIRA-42", "Thanks for the report on"),
         ("Revert to 3f2a9bc1d4 behaviour", "Revert to behaviour"),
         ("Mail admin@example.org about GH-7", "Mail about"),
+        ("Add version alias\n\nCloses #12\nSee https://example.com/x", "Add version alias"),
     ],
 )
 def test_clean_message(raw: str, clean: str):
