@@ -240,7 +240,8 @@ def plot(results: dict, path: Path) -> None:
         ax.set_xlabel("% of message typed")
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"{results['model']} on {results['examples']} {results['split']} commits")
+    name = Path(results["model"]).name if Path(results["model"]).exists() else results["model"]
+    fig.suptitle(f"{name} on {results['examples']} {results['split']} commits")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
