@@ -3,6 +3,7 @@
 torchrun --nproc-per-node N tests/dump_checkpoint.py RUN_DIR OUT.pt [--fsdp]
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -36,3 +37,5 @@ if rank == 0:
 if dist.is_initialized():
     dist.barrier()
     dist.destroy_process_group()
+sys.stdout.flush()
+os._exit(0)  # no interpreter teardown: see training/train.py
