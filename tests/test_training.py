@@ -59,14 +59,18 @@ def token_data(tmp_path_factory) -> tuple[Path, Path]:
     return root / "data", root / "tok"
 
 
-def train_cmd(data: Path, tok: Path, out: Path, nproc: int, *extra: str) -> list[str]:
-    cmd = [
+def torchrun(nproc: int) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
         f"--nproc-per-node={nproc}",
     ]
+
+
+def train_cmd(data: Path, tok: Path, out: Path, nproc: int, *extra: str) -> list[str]:
+    cmd = torchrun(nproc)
     cmd += [
         "-m",
         "training.train",
@@ -119,13 +123,7 @@ def losses(out: Path) -> dict[int, float]:
 
 
 def dump(run_dir: Path, nproc: int, target: Path, *extra: str) -> dict:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={nproc}",
-    ]
+    cmd = torchrun(nproc)
     cmd += [str(ROOT / "tests" / "dump_checkpoint.py"), str(run_dir), str(target), *extra]
     run(cmd)
     return torch.load(target, weights_only=False)
