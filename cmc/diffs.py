@@ -17,8 +17,6 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-CHANGE_TYPES = ("ADD", "DELETE", "RENAME", "COPY", "MODIFY", "UNKNOWN")
-
 _WS = re.compile(r"\s+")
 _C_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "a": "\a", "b": "\b", "f": "\f"}
 

@@ -26,7 +26,7 @@ encoded as plain text, so any causal LM can be prompted (and fine-tuned) the sam
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 BOS = "<|endoftext|>"
@@ -66,7 +66,6 @@ class Prompt:
     loss_mask: list[int]
     message_start: int  # index of the first message token (just after <|msg|>)
     history_used: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _marker_ids(tokenizer: Any, marker: str) -> list[int]:

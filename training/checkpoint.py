@@ -131,6 +131,7 @@ class SaveHandle:
     """A save in flight (async) or done (sync)."""
 
     folder: Path
+    info: dict[str, Any]
     future: Any = None
 
     def wait(self) -> None:
@@ -162,8 +163,7 @@ class CheckpointManager:
         sd = {"train": state}
         if self.async_save:
             future = dcp.async_save(sd, checkpoint_id=str(folder), async_stager=self._cpu_stager())
-            handle = SaveHandle(folder, future)
-            handle.info = info  # type: ignore[attr-defined]
+            handle = SaveHandle(folder, info, future)
             self.pending = handle
             return handle
         try:
@@ -173,7 +173,7 @@ class CheckpointManager:
             raise OSError(f"checkpoint {folder.name} not saved") from exc
         _test_pause()
         self._finish(folder, info)
-        return SaveHandle(folder)
+        return SaveHandle(folder, info)
 
     def wait(self) -> None:
         """Block until an async save in flight is on disk, then mark it valid."""
@@ -185,7 +185,7 @@ class CheckpointManager:
         except SAVE_ERRORS as exc:
             self._discard(handle.folder, exc)
             raise OSError(f"checkpoint {handle.folder.name} not saved") from exc
-        self._finish(handle.folder, handle.info)  # type: ignore[attr-defined]
+        self._finish(handle.folder, handle.info)
 
     def _cpu_stager(self):
         # The default stager wants pinned memory and CUDA streams; on a CPU-only machine, stage

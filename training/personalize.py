@@ -139,11 +139,8 @@ def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
 
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
-            try:
-                return 130 if interrupted and proc.wait() == 0 else proc.wait()
-            except KeyboardInterrupt:
-                continue
+        code = proc.wait()  # our handler replaced KeyboardInterrupt: this waits for the clean stop
+        return 130 if interrupted and code == 0 else code
     finally:
         for s, h in old.items():
             signal.signal(s, h)

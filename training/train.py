@@ -160,13 +160,11 @@ def wrap_model(
 
 
 def no_sync(model: torch.nn.Module, layout: str, sync: bool):
-    if sync:
-        return contextlib.nullcontext()
-    if layout == "ddp":
-        return model.no_sync()
+    """Skip the gradient reduction of a micro-batch that is not the step's last."""
     if layout == "fsdp2":
-        model.set_requires_gradient_sync(False)
-        return contextlib.nullcontext()
+        model.set_requires_gradient_sync(sync)
+    elif layout == "ddp" and not sync:
+        return model.no_sync()
     return contextlib.nullcontext()
 
 
@@ -392,8 +390,6 @@ def main(argv: list[str] | None = None) -> int:
         local = torch.zeros((), dtype=torch.float64, device=device)
         for k, group in enumerate(groups):
             sync = k == len(groups) - 1
-            if layout == "fsdp2":
-                model.set_requires_gradient_sync(sync)
             with no_sync(model, layout, sync):
                 batch = make_batch(data, group, pad_id, device)
                 loss_sum = forward_loss_sum(forward_model, batch, bf16, device)
