@@ -114,10 +114,13 @@ def start_background(log: Path | None = None) -> None:
     path = socket_path()
     _private_dir(path.parent)
     log = log or path.with_suffix(".log")
+    from cmc.spawn import python_argv, safe_cwd, safe_env
+
     with open(log, "ab") as out:
+        # Never from the repository's folder: its own json.py or torch.py would be imported first.
         subprocess.Popen(
-            [sys.executable, "-m", "cmc.cli", "serve"], stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True, close_fds=True,
+            python_argv("cmc.cli", "serve"), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            start_new_session=True, close_fds=True, cwd=safe_cwd(path.parent), env=safe_env(),
         )  # fmt: skip
 
 

@@ -104,3 +104,21 @@ def tiny_model(tmp_path_factory) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+# Module names a hostile repository could plant in its root to be imported by a careless `python -m`.
+PLANTED_MODULES = ("json", "click", "logging", "torch", "socket", "cmc")
+
+
+def plant_modules(root: Path, markers: Path) -> list[Path]:
+    """Put modules in ``root`` that record in ``markers`` when they are imported; return the markers."""
+    markers.mkdir(parents=True, exist_ok=True)
+    found = []
+    for name in PLANTED_MODULES:
+        marker = markers / f"{name}.ran"
+        (root / f"{name}.py").write_text(
+            f"open({str(marker)!r}, 'w').write('imported from the repository')\n"
+            f"raise ImportError('planted {name}.py was imported')\n"
+        )
+        found.append(marker)
+    return found

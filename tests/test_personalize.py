@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import cmc_env
+from conftest import cmc_env, plant_modules
 from test_data import RepoBuilder
 
 VERBS = ["Add", "Fix", "Remove", "Refactor", "Document", "Improve"]
@@ -31,6 +31,8 @@ def history_repo(path: Path, commits: int) -> Path:
 
 def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_model: Path):
     repo = history_repo(tmp_path / "repo", 40)
+    # Untracked modules in the work tree must never be imported by cmc or torchrun's workers.
+    markers = plant_modules(repo, tmp_path / "markers")
     cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "40", "--save-every", "4", "--nproc", "2",
            "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "8"]  # fmt: skip
     env = cmc_env({"OMP_NUM_THREADS": "1"})
@@ -71,6 +73,7 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_
         line for line in (ckpts.parent / "metrics.jsonl").read_text().splitlines() if line.strip()
     ]
     assert len(steps) == 40  # no step lost or logged twice across the interruption
+    assert not [m.name for m in markers if m.exists()]
 
 
 def test_too_few_commits_is_a_clear_error(tmp_path: Path, tiny_model: Path):

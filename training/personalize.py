@@ -98,13 +98,9 @@ def score_model(model: str, data: Path, out: Path, limit: int) -> dict:
 
 def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
     """torchrun in a child; Ctrl-C / SIGTERM reach it (same process group) and we wait for its clean stop."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc-per-node={opts.nproc}",
-    ]
+    from cmc.spawn import python_argv, safe_cwd, safe_env
+
+    cmd = python_argv("torch.distributed.run", "--standalone", f"--nproc-per-node={opts.nproc}")
     cmd += ["-m", "training.train", "--data", str(tokens), "--out", str(run), "--base", base]
     cmd += ["--max-steps", str(opts.max_steps), "--save-every", str(opts.save_every)]
     cmd += [
@@ -124,12 +120,12 @@ def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
     if opts.fsdp:
         cmd.append("--fsdp")
     env = {
-        **os.environ,
+        **safe_env(),  # torchrun's workers run `python -m`: keep the repository off their path
         "OMP_NUM_THREADS": os.environ.get(
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // opts.nproc))
         ),
     }
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, cwd=safe_cwd(run))
     interrupted = []
 
     def forward(signum, frame):

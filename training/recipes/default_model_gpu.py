@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cmc.spawn import python_argv
+
 
 def unpack(data: Path) -> None:
     packed = data / "train.tokens.u16.zst"
@@ -37,7 +39,7 @@ def launch(
     args, size: str, out: Path, steps: int, warmup: int, save_every: int, seconds: float
 ) -> subprocess.Popen:
     cmd = [
-        sys.executable, "-m", "training.train", "--data", str(args.data), "--out", str(out),
+        *python_argv("training.train"), "--data", str(args.data), "--out", str(out),
         "--config", size, "--tokenizer", str(args.tokenizer), "--max-steps", str(steps),
         "--warmup-steps", str(warmup), "--global-batch-size", str(args.global_batch_size),
         "--micro-batch-size", str(args.micro_batch_size), "--lr", str(args.lr),

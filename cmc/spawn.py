@@ -1,0 +1,41 @@
+"""Starting cmc's own Python children without the caller's folder on their import path.
+
+``python -m pkg`` and ``python -c`` put the current folder first on ``sys.path``. cmc runs inside
+repositories it does not trust (a clone's ``json.py`` or ``torch.py`` would shadow the real module),
+so every Python child cmc starts goes through `python_argv` (``-P``, or an equivalent bootstrap
+before 3.11), runs from a folder cmc owns, and carries ``PYTHONSAFEPATH=1`` so that grandchildren
+(torchrun's workers) are started the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+# Before 3.11 there is no -P: drop the '' entry -c adds, then run the module as -m would.
+_BOOTSTRAP = (
+    "import runpy, sys; sys.path[:] = [p for p in sys.path if p not in ('', '.')]; "
+    "m = sys.argv.pop(1); runpy.run_module(m, run_name='__main__', alter_sys=True)"
+)
+
+
+def python_argv(module: str, *args: str) -> list[str]:
+    """argv that runs ``module`` like ``python -m`` but never imports from the working folder."""
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", module, *args]
+    return [sys.executable, "-c", _BOOTSTRAP, module, *args]
+
+
+def safe_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a Python child: the working folder never joins its import path."""
+    env = dict(os.environ if base is None else base)
+    env["PYTHONSAFEPATH"] = "1"
+    return env
+
+
+def safe_cwd(folder: str | os.PathLike) -> str:
+    """A working folder for a child: ``folder`` (created, cmc's own) rather than a repository."""
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
