@@ -38,8 +38,10 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from cmc import __version__
     from cmc.daemon import _request
+    from cmc.decoding import KEYSTROKE
+    from cmc.protocol import CompleteRequest
+    from cmc.settings import Settings
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -90,8 +92,8 @@ def main() -> int:
             while _request({"op": "ping"}, 0.5, sock) is None:
                 time.sleep(0.1)
             # What an editor asks on each keystroke (cmc.complete.KEYSTROKE): one line, greedy.
-            req = {"op": "complete", "version": __version__, "repo": str(repo), "n": 1, "beams": 1,
-                   "max_new_tokens": 12, "line": True}  # fmt: skip
+            settings = Settings.load(repo, repo / ".git")
+            req = CompleteRequest(str(repo), "", settings, KEYSTROKE).to_json()
             _request({**req, "typed": ""}, 120, sock)  # loads the model, computes the context
             keystrokes, reused, server_ms, followed = [], [], [], 0
             for i in range(1, len(MESSAGE) + 1):

@@ -88,7 +88,7 @@ def time_git_log(path: Path) -> tuple[float, int]:
 
 MINER = """
 import json, resource, sys, time
-from training.mine import mine_repository
+from cmc.training.mine import mine_repository
 start = time.perf_counter()
 stats = mine_repository(sys.argv[1], sys.argv[2], progress=False)
 elapsed = time.perf_counter() - start

@@ -33,9 +33,9 @@ def main() -> int:
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
-    from training.modeling import new_model
-    from training.tokens import TokenDataset
-    from training.train import forward_loss_sum, make_batch
+    from cmc.training.modeling import new_model
+    from cmc.training.tokens import TokenDataset
+    from cmc.training.train import forward_loss_sum, make_batch
 
     torch.set_num_threads(2)
     data = TokenDataset(args.data)

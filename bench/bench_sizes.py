@@ -24,9 +24,10 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=300)
     ap.add_argument("--latency-only", action="store_true")
     args = ap.parse_args()
-    from cmc.complete import KEYSTROKE, DecodeSettings, complete_context, context_from_row
+    from cmc.complete import complete_context, context_from_row
+    from cmc.decoding import KEYSTROKE, DecodeSettings
     from cmc.model import load_model
-    from training.evaluate import load_split, run_eval, sample_rows
+    from cmc.training.evaluate import load_split, run_eval, sample_rows
 
     rows = sample_rows(load_split(args.data, "test"), 30, seed=1)
     print(
@@ -37,15 +38,15 @@ def main() -> int:
         params = sum(p.numel() for p in lm.model.parameters())
         hook_t, key_t = [], []
         for row in rows[:5]:  # first calls of a model build its kernels: not what a user waits for
-            complete_context(lm, context_from_row(row), "", 3, DecodeSettings())
+            complete_context(lm, context_from_row(row), "", DecodeSettings())
         for row in rows:
             ctx = context_from_row(row)
             t = time.perf_counter()
-            complete_context(lm, ctx, "", 3, DecodeSettings())
+            complete_context(lm, ctx, "", DecodeSettings())
             hook_t.append(time.perf_counter() - t)
             typed = row["message"][: len(row["message"]) // 2]
             t = time.perf_counter()
-            complete_context(lm, ctx, typed, 1, KEYSTROKE)
+            complete_context(lm, ctx, typed, KEYSTROKE)
             key_t.append(time.perf_counter() - t)
         if args.latency_only:
             s0 = s5 = dict.fromkeys(("B-Norm", "EM@1"), float("nan"))

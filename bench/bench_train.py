@@ -39,7 +39,7 @@ def synthetic(folder: Path, n: int = 512, vocab: int = 16384) -> Path:
 def ours(data: Path, tok: Path, size: str, steps: int, batch: int, micro: int, out: Path) -> float:
     import json
 
-    from training.train import main
+    from cmc.training.train import main
 
     main(["--data", str(data), "--out", str(out), "--config", size, "--tokenizer", str(tok), "--max-steps", str(steps),
           "--global-batch-size", str(batch), "--micro-batch-size", str(micro), "--save-every", "100000",
@@ -55,8 +55,8 @@ def hf_trainer(
 ) -> float:
     from transformers import AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from training.modeling import new_model
-    from training.tokens import TokenDataset
+    from cmc.training.modeling import new_model
+    from cmc.training.tokens import TokenDataset
 
     tokenizer = AutoTokenizer.from_pretrained(tok)
     model = new_model(tokenizer, size)
@@ -111,8 +111,8 @@ def hf_trainer(
 def checkpoint_stall(size: str, tok: Path, root: Path, saves: int = 3) -> tuple[float, float]:
     from transformers import AutoTokenizer
 
-    from training.checkpoint import CheckpointManager, TrainState
-    from training.modeling import new_model
+    from cmc.training.checkpoint import CheckpointManager, TrainState
+    from cmc.training.modeling import new_model
 
     model = new_model(AutoTokenizer.from_pretrained(tok), size)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -63,33 +63,23 @@ def complete(
     repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens
 ):
     """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
-    from cmc.complete import (
-        DecodeSettings,
-        complete_context,
-        complete_rows,
-        context_from_repo,
-        read_jsonl,
-    )
-    from cmc.model import load_model, resolve_model
+    from cmc.decoding import DecodeSettings
 
-    settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
+    decode = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens, num_candidates=num)
     if batch:
-        if not out:
-            raise CmcError("--batch needs --out FILE")
-        lm = load_model(resolve_model(model, None, None))
-        count = 0
-        with open(out, "w", encoding="utf-8") as f:
-            for record in complete_rows(lm, read_jsonl(batch), num, not no_history, settings):
-                f.write(json.dumps(record) + "\n")
-                count += 1
-        click.echo(f"{count} rows completed → {out}", err=True)
+        _complete_batch(batch, out, model, not no_history, decode)
         return
     if prefix is not None and message_file:
         raise CmcError("give --prefix or --message-file, not both")
+    from cmc import msgfile
+    from cmc.daemon import complete_for
     from cmc.gitctx import GitRepo
-    from cmc.hook import split_message_file
+    from cmc.settings import Settings
 
     git_repo = GitRepo(repo)
+    settings = Settings.load(
+        git_repo.cwd, git_repo.common_dir, model, False if no_history else None
+    )
     typed = prefix or ""
     if message_file:
         try:
@@ -97,25 +87,30 @@ def complete(
                 text = f.read()
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
-        typed, _ = split_message_file(text, git_repo.config("core.commentChar") or "#")
-    from cmc.daemon import complete_with_daemon
-
-    result = None
-    if not no_history and model is None:
-        result = complete_with_daemon(git_repo, typed, num, settings)
-    if result is None:
-        lm = load_model(
-            resolve_model(model, git_repo.config("cmc.model"), str(git_repo.common_dir))
-        )
-        result = complete_context(
-            lm, context_from_repo(git_repo, not no_history), typed, num, settings
-        )
+        typed = msgfile.parse(text, settings.comment_char).typed
+    result = complete_for(git_repo, settings, typed, decode)
     if as_json:
-        click.echo(json.dumps(result.as_json(), indent=2))
+        click.echo(json.dumps(result.to_json(), indent=2))
     elif result.candidates:
         click.echo(result.candidates[0].message)
     else:
         raise CmcError("the model produced no message")
+
+
+def _complete_batch(batch: str, out: str | None, model: str | None, history: bool, decode) -> None:
+    from cmc.complete import complete_rows, read_jsonl
+    from cmc.model import load_model
+    from cmc.settings import resolve_model
+
+    if not out:
+        raise CmcError("--batch needs --out FILE")
+    lm = load_model(resolve_model(model, None, None))
+    count = 0
+    with open(out, "w", encoding="utf-8") as f:
+        for record in complete_rows(lm, read_jsonl(batch), history, decode):
+            f.write(json.dumps(record) + "\n")
+            count += 1
+    click.echo(f"{count} rows completed → {out}", err=True)
 
 
 @main.group()
@@ -156,23 +151,16 @@ def hook_uninstall(repo):
 @click.option("--repo", default=".", show_default=True)
 def hook_status(repo):
     """Show whether the hook is installed, enabled, and which model it would use."""
-    import os
-
     from cmc import hook as hook_mod
     from cmc.gitctx import GitRepo
-    from cmc.model import resolve_model
+    from cmc.settings import NO_MODEL_HELP, Settings
 
     _echo_status(hook_mod.hook_status(repo))
     git_repo = GitRepo(repo)
-    enabled = git_repo.config_bool("cmc.enabled", True) and os.environ.get("CMC_DISABLE") != "1"
-    click.echo(f"enabled: {'yes' if enabled else 'no'}")
-    try:
-        click.echo(
-            f"model: {resolve_model(None, git_repo.config('cmc.model'), str(git_repo.common_dir))}"
-        )
-    except CmcError as exc:
-        click.echo(f"model: none ({exc})")
-    click.echo(f"timeout: {git_repo.config('cmc.timeout') or hook_mod.DEFAULT_TIMEOUT_S}s")
+    settings = Settings.load(git_repo.cwd, git_repo.common_dir)
+    click.echo(f"enabled: {'yes' if settings.enabled else 'no'}")
+    click.echo(f"model: {settings.model or 'none (' + NO_MODEL_HELP + ')'}")
+    click.echo(f"timeout: {settings.timeout:g}s")
 
 
 @hook.command("run", hidden=True)
@@ -199,7 +187,7 @@ def serve(idle_timeout, stop, status):
     if status or stop:
         info = daemon.ping()
         if info is None:
-            click.echo(f"no daemon on {daemon.socket_path()}")
+            click.echo(f"no daemon on {daemon.socket_path() or '(no private folder for a socket)'}")
             return
         if stop:
             daemon._request({"op": "shutdown"}, 2.0)
@@ -221,11 +209,9 @@ def lsp():
 
 
 def _register_training_commands() -> None:
-    """Commands that live in the `training` package, added when it is installed."""
-    try:
-        from training import cli as training_cli
-    except ImportError:
-        return
+    """`cmc train`, `data`, `eval`, `checkpoint` (their dependencies are the [train] extra's)."""
+    from cmc.training import cli as training_cli
+
     training_cli.register(main)
 
 

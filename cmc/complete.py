@@ -13,27 +13,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from cmc.decoding import Candidate, DecodeSettings
 from cmc.diffs import process_diff
 from cmc.messages import history_message
-from cmc.prompt import build_prompt, eos_token_id, split_typed
-
-
-@dataclass
-class Candidate:
-    message: str  # the whole message: typed text + continuation
-    continuation: str  # what to append to the typed text
-    score: float
-
-
-@dataclass
-class DecodeSettings:
-    num_beams: int = 5
-    max_new_tokens: int = 24  # a subject line and a bit; the median message is ~12 tokens
-    no_repeat_ngram_size: int = 3
-    stop_at_newline: bool = False  # one line at a time: keystroke and ghost-text completions
-
-
-KEYSTROKE = DecodeSettings(num_beams=1, max_new_tokens=12, stop_at_newline=True)
+from cmc.prompt import build_prompt, split_typed
 
 
 @dataclass
@@ -45,32 +28,42 @@ class Context:
 @dataclass
 class Completion:
     typed: str
-    candidates: list[Any]  # cmc.decoding.Candidate
+    candidates: list[Candidate]
     model: str
     latency_ms: float
     served_by: str = "in-process"
 
-    @property
-    def best(self) -> str | None:
-        return self.candidates[0].message if self.candidates else None
-
-    def as_json(self) -> dict:
+    def to_json(self) -> dict:
+        """The JSON of `cmc complete --json` and of the daemon's replies."""
         return {
             "prefix": self.typed,
             "model": self.model,
             "latency_ms": round(self.latency_ms, 1),
             "served_by": self.served_by,
-            "candidates": [
-                {"message": c.message, "continuation": c.continuation, "score": round(c.score, 4)}
-                for c in self.candidates
-            ],
+            "candidates": [c.to_json() for c in self.candidates],
         }
 
+    @classmethod
+    def from_json(cls, data: Any, served_by: str | None = None) -> Completion:
+        if not isinstance(data, dict) or not isinstance(data.get("candidates"), list):
+            raise ValueError("a completion must be an object with a list of candidates")
+        if not isinstance(data.get("prefix"), str) or not isinstance(data.get("model"), str):
+            raise ValueError("a completion needs a prefix and a model")
+        return cls(
+            data["prefix"],
+            [Candidate.from_json(c) for c in data["candidates"]],
+            data["model"],
+            float(data.get("latency_ms") or 0.0),
+            served_by or str(data.get("served_by") or "in-process"),
+        )
 
-def context_from_repo(repo: Any, use_history: bool = True, max_diff_chars: int = 24_000) -> Context:
-    """The staged change and the author's history of a `cmc.gitctx.GitRepo`."""
-    mods = repo.staged_mods(max_chars=max_diff_chars)
-    history = repo.author_history() if use_history else []
+
+def context_from_repo(repo: Any, settings: Any, max_diff_chars: int = 24_000) -> Context:
+    """The staged change and the author's history of a `cmc.gitctx.GitRepo` (`cmc.settings.Settings`)."""
+    mods = repo.staged_mods(settings.exclude, max_chars=max_diff_chars)
+    history = (
+        repo.author_history(settings.author_name, settings.author_email) if settings.history else []
+    )
     return Context(process_diff(mods), history)
 
 
@@ -87,40 +80,28 @@ def context_from_row(row: dict, use_history: bool = True) -> Context:
 
 
 def complete_context(
-    lm: Any, context: Context, typed: str, n: int = 3, settings: Any = None, cache: Any = None
+    lm: Any, context: Context, typed: str, settings: DecodeSettings | None = None, cache: Any = None
 ) -> Completion:
-    """Up to ``n`` distinct completions of ``typed`` for this context, best first."""
-    from cmc.decoding import generate_candidates
+    """Up to ``settings.num_candidates`` distinct completions of ``typed`` for this context."""
+    from cmc.decoding.beam import generate_candidates
 
     settings = settings or DecodeSettings()
     started = time.perf_counter()
-    head, tail = split_typed(typed)
+    head, _ = split_typed(typed)
     prompt = build_prompt(
         lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget
     )
-    candidates = generate_candidates(
-        lm.model,
-        lm.tokenizer,
-        prompt.input_ids,
-        prompt.message_start,
-        typed,
-        head,
-        tail,
-        n,
-        settings,
-        eos_token_id(lm.tokenizer),
-        cache,
-    )
+    candidates = generate_candidates(lm.model, lm.tokenizer, prompt, typed, settings, cache)
     return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
 
 
 def complete_rows(
-    lm: Any, rows: Iterable[dict], n: int = 3, use_history: bool = True, settings: Any = None
+    lm: Any, rows: Iterable[dict], use_history: bool = True, settings: DecodeSettings | None = None
 ) -> Iterable[dict]:
     """``cmc complete --batch``: one output record per input row (see the README for the schema)."""
     for i, row in enumerate(rows):
         typed = row.get("prefix") or ""
-        result = complete_context(lm, context_from_row(row, use_history), typed, n, settings)
+        result = complete_context(lm, context_from_row(row, use_history), typed, settings)
         best = result.candidates[0].continuation if result.candidates else ""
         yield {
             "id": row.get("id", row.get("hash", i)),

@@ -1,11 +1,11 @@
 """`cmc serve`: a warm completion daemon on a private Unix socket, and the client the hook and CLI use.
 
 * The socket lives in a folder only the user can enter (``$XDG_RUNTIME_DIR/cmc`` or
-  ``~/.cache/cmc``, mode 0700), is itself mode 0600, and the daemon also checks the peer's uid.
-  No TCP port is opened.
-* Protocol: one JSON object per line each way. ``{"op": "ping"}``, ``{"op": "complete", ...}``,
-  ``{"op": "shutdown"}``. Every reply carries the daemon's version; a client of another version
-  does not use it.
+  ``~/.cache/cmc``): it must be a real folder (not a symlink) owned by the user, mode 0700, or cmc
+  does not use it (it tries the next, and completes in-process when none will do). The socket is
+  0600; the client connects only to a socket the user owns and to a server of the user's uid
+  (``SO_PEERCRED``), and the server only answers peers of its uid.
+* Protocol: `cmc.protocol`. A client of another version does not use the daemon.
 * The client never makes things worse: no socket, a refused or dead connection, a timeout, an
   error or a version mismatch all return None, and the caller completes in-process.
 * The daemon exits after ``--idle-timeout`` seconds without requests.
@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import socketserver
+import stat
 import struct
 import subprocess
 import sys
@@ -26,26 +27,52 @@ from pathlib import Path
 from typing import Any
 
 from cmc import CmcError, __version__
+from cmc.protocol import MAX_LINE_BYTES, CompleteRequest
 
 DEFAULT_IDLE_S = 900.0
 
 
-def socket_path() -> Path:
+def private_dir(path: Path) -> bool:
+    """Make ``path`` a 0700 folder of this user; False when it is anything else (someone else's,
+    a symlink, not a folder): then it must not be used."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(path, 0o700, follow_symlinks=False)
+        return True
+    except (OSError, NotImplementedError):
+        return False
+
+
+def socket_path() -> Path | None:
+    """Where this user's daemon listens; None when no safe folder exists (complete in-process)."""
     if os.environ.get("CMC_SOCKET"):
-        return Path(os.environ["CMC_SOCKET"])
+        path = Path(os.environ["CMC_SOCKET"])
+        return path if private_dir(path.parent) else None
+    candidates = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    base = (
-        Path(runtime) / "cmc"
-        if runtime and Path(runtime).is_dir()
-        else Path.home() / ".cache" / "cmc"
-    )
-    return base / f"daemon-{os.getuid()}.sock"
+    if runtime and Path(runtime).is_dir():
+        candidates.append(Path(runtime) / "cmc")
+    candidates.append(Path.home() / ".cache" / "cmc")
+    for folder in candidates:
+        if private_dir(folder):
+            return folder / f"daemon-{os.getuid()}.sock"
+    return None
 
 
-def _private_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_uid == os.getuid():
-        os.chmod(path, 0o700)
+def _peer_uid(conn: socket.socket) -> int | None:
+    try:
+        creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    except (OSError, AttributeError):
+        return None  # no SO_PEERCRED here: the folder and socket checks still hold
+    return struct.unpack("3i", creds)[1]
 
 
 # --- client ---------------------------------------------------------------------------------------
@@ -53,12 +80,18 @@ def _private_dir(path: Path) -> None:
 
 def _request(payload: dict, timeout: float, path: Path | None = None) -> dict | None:
     path = path or socket_path()
-    if not path.exists():
+    if path is None:
         return None
     try:
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+            return None  # not a socket of ours: never talk to it
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(str(path))
+            uid = _peer_uid(sock)
+            if uid is not None and uid != os.getuid():
+                return None
             sock.sendall((json.dumps(payload) + "\n").encode())
             data = b""
             while not data.endswith(b"\n"):
@@ -77,81 +110,88 @@ def ping(timeout: float = 0.5, path: Path | None = None) -> dict | None:
     return reply if reply and reply.get("ok") else None
 
 
-def remote_complete(
-    repo: str,
-    typed: str,
-    n: int,
-    model: str | None,
-    history: bool | None,
-    settings: Any,
-    timeout: float,
-) -> Any:
+def remote_complete(request: CompleteRequest, timeout: float) -> Any:
     """A `cmc.complete.Completion` from a running daemon of this version, or None."""
-    payload = {"op": "complete", "version": __version__, "repo": str(Path(repo).resolve()), "typed": typed, "n": n,
-               "model": model, "history": history}  # fmt: skip
-    if settings is not None:
-        payload.update(
-            beams=settings.num_beams,
-            max_new_tokens=settings.max_new_tokens,
-            line=settings.stop_at_newline,
-        )
-    reply = _request(payload, timeout)
+    reply = _request(request.to_json(), timeout)
     if not reply or not reply.get("ok") or reply.get("version") != __version__:
         return None
-    from cmc.complete import Candidate, Completion
+    from cmc.complete import Completion
 
-    data = reply["result"]
-    candidates = [
-        Candidate(c["message"], c["continuation"], c["score"]) for c in data["candidates"]
-    ]
-    return Completion(
-        data["prefix"], candidates, data["model"], data["latency_ms"], served_by="daemon"
-    )
+    try:
+        return Completion.from_json(reply.get("result"), served_by="daemon")
+    except (ValueError, TypeError):
+        return None
 
 
-def start_background(log: Path | None = None) -> None:
+def open_log(path: Path) -> int | None:
+    """An append-only descriptor for the daemon's log; never through a symlink."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    except OSError:
+        return None
+
+
+def start_background() -> None:
     """Start `cmc serve` detached (its own session, no terminal); returns at once."""
-    path = socket_path()
-    _private_dir(path.parent)
-    log = log or path.with_suffix(".log")
-    from cmc.spawn import python_argv, safe_cwd, safe_env
+    from cmc.spawn import python_argv, safe_env
 
-    with open(log, "ab") as out:
+    path = socket_path()
+    if path is None:
+        return
+    log = open_log(path.with_suffix(".log"))
+    out = log if log is not None else subprocess.DEVNULL
+    try:
         # Never from the repository's folder: its own json.py or torch.py would be imported first.
         subprocess.Popen(
             python_argv("cmc.cli", "serve"), stdin=subprocess.DEVNULL, stdout=out, stderr=out,
-            start_new_session=True, close_fds=True, cwd=safe_cwd(path.parent), env=safe_env(),
+            start_new_session=True, close_fds=True, cwd=path.parent, env=safe_env(),
         )  # fmt: skip
+    finally:
+        if log is not None:
+            os.close(log)
 
 
-def complete_with_daemon(
-    repo: Any,
-    typed: str,
-    n: int,
-    settings: Any = None,
-    timeout: float = 5.0,
-    model: str | None = None,
-):
-    """Ask a running daemon; start one in the background when `cmc.daemon` allows; else None."""
+def complete_with_daemon(request: CompleteRequest, start: bool, timeout: float = 5.0):
+    """Ask this user's daemon. One that answers a ping is waited for up to ``timeout`` (even
+    while it loads a model: a second copy in this process would only compete with it); when none
+    answers and ``start`` allows, start one in the background. None: complete in-process."""
     if os.environ.get("CMC_NO_DAEMON") == "1":
         return None
-    result = remote_complete(
-        str(repo.root or repo.git_dir), typed, n, model, None, settings, timeout
-    )
-    if result is not None:
-        return result
-    if repo.config_bool("cmc.daemon", True):
-        info = ping()
-        if info is None:
-            start_background()
-        elif info.get("version") != __version__:
+    info = ping()
+    if info is not None and info.get("version") == __version__:
+        return remote_complete(request, timeout)
+    if start:
+        if info is not None:
             _request({"op": "shutdown"}, 0.5)  # an older cmc's daemon: replace it
             time.sleep(0.2)
-            start_background()
+        start_background()
     return None
 
 
+def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: float = 30.0):
+    """Complete in ``repo`` (a `cmc.gitctx.GitRepo`) through the warm daemon when it answers in
+    ``timeout`` seconds, else in this process. The one client path of the hook and the CLI."""
+    from cmc.complete import complete_context, context_from_repo
+    from cmc.model import load_model
+    from cmc.settings import NO_MODEL_HELP
+
+    if not settings.model:
+        raise CmcError(NO_MODEL_HELP)
+    request = CompleteRequest(str(repo.cwd.resolve()), typed, settings, decode)
+    result = complete_with_daemon(request, start=settings.daemon, timeout=timeout)
+    if result is not None:
+        return result
+    return complete_context(
+        load_model(settings.model), context_from_repo(repo, settings), typed, decode
+    )
+
+
 # --- server ---------------------------------------------------------------------------------------
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -159,15 +199,19 @@ class _Handler(socketserver.StreamRequestHandler):
         server: DaemonServer = self.server  # type: ignore[assignment]
         if not server.peer_allowed(self.request):
             return
-        for raw in self.rfile:
+        while True:
+            raw = self.rfile.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
             server.touch()
-            try:
-                reply = server.answer(json.loads(raw))
-            except Exception as exc:  # a bad request must not take the daemon down
-                reply = {
-                    "ok": False,
-                    "error": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-                }
+            too_long = len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n")
+            if too_long:
+                reply = {"ok": False, "error": f"request line over {MAX_LINE_BYTES} bytes"}
+            else:
+                try:
+                    reply = server.answer(json.loads(raw))
+                except Exception as exc:  # a bad request must not take the daemon down
+                    reply = {"ok": False, "error": _one_line(exc)}
             reply["version"] = __version__
             try:
                 self.wfile.write((json.dumps(reply) + "\n").encode())
@@ -175,6 +219,8 @@ class _Handler(socketserver.StreamRequestHandler):
             except OSError:
                 return
             server.touch()
+            if too_long:
+                return  # the rest of that line is not worth reading
 
 
 class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
@@ -198,15 +244,11 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self.last_activity = time.monotonic()
 
     def peer_allowed(self, conn: socket.socket) -> bool:
-        try:
-            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-            _pid, uid, _gid = struct.unpack("3i", creds)
-        except (OSError, AttributeError):
-            return True  # no SO_PEERCRED here: the folder and socket modes still keep others out
-        return uid == os.getuid()
+        uid = _peer_uid(conn)
+        return uid is None or uid == os.getuid()
 
-    def answer(self, req: dict) -> dict:
-        op = req.get("op")
+    def answer(self, req: Any) -> dict:
+        op = req.get("op") if isinstance(req, dict) else None
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
         if op == "shutdown":
@@ -214,29 +256,12 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return {"ok": True}
         if op != "complete":
             return {"ok": False, "error": f"unknown op {op!r}"}
-        if req.get("version") != __version__:
-            return {"ok": False, "error": "version mismatch"}
-        from cmc.complete import DecodeSettings
-
-        settings = DecodeSettings()
-        if "beams" in req:
-            settings = DecodeSettings(
-                num_beams=int(req["beams"]),
-                max_new_tokens=int(req.get("max_new_tokens", 32)),
-                stop_at_newline=bool(req.get("line", False)),
-            )
+        request = CompleteRequest.from_json(req)
         delay = float(os.environ.get("CMC_TEST_DAEMON_DELAY", "0") or 0)
         if delay:  # tests kill the daemon while a request is in flight
             time.sleep(delay)
-        result, reused = self.service.complete(
-            req["repo"],
-            req.get("typed", ""),
-            int(req.get("n", 3)),
-            req.get("model"),
-            req.get("history"),
-            settings,
-        )
-        return {"ok": True, "result": result.as_json(), "reused_tokens": reused}
+        result, reused = self.service.complete(request)
+        return {"ok": True, "result": result.to_json(), "reused_tokens": reused}
 
     def watch_idle(self) -> None:
         while True:
@@ -250,8 +275,9 @@ def _warm_up(server: DaemonServer) -> None:
     """Pay torch's and the default model's load while nobody waits (requests queue behind it)."""
     with server.service.lock:
         try:
-            import cmc.decoding  # noqa: F401  (torch, transformers)
-            from cmc.model import BUNDLED_MODEL, is_model_dir, load_model
+            import cmc.decoding.beam  # noqa: F401  (torch, transformers)
+            from cmc.model import load_model
+            from cmc.settings import BUNDLED_MODEL, is_model_dir
 
             if is_model_dir(BUNDLED_MODEL):
                 load_model(str(BUNDLED_MODEL))
@@ -262,8 +288,12 @@ def _warm_up(server: DaemonServer) -> None:
 def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int:
     """Run the daemon in the foreground until idle for ``idle_timeout`` seconds."""
     path = path or socket_path()
-    _private_dir(path.parent)
-    if path.exists():
+    if path is None:
+        raise CmcError(
+            "no private folder for the daemon's socket: $XDG_RUNTIME_DIR/cmc and ~/.cache/cmc "
+            "must be folders of yours, mode 0700, not symlinks"
+        )
+    if os.path.lexists(path):
         if ping(path=path) is not None:
             raise CmcError(f"a cmc daemon is already serving {path}")
         path.unlink()  # left by a daemon that died: nobody answers on it

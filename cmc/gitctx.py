@@ -10,7 +10,6 @@ from __future__ import annotations
 import fnmatch
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmc import CmcError
@@ -96,30 +95,47 @@ def mask_secrets(diff: str) -> str:
     return "\n".join(out)
 
 
-@dataclass
-class Exclusions:
-    """Glob patterns for paths whose content is kept from the model (header line only)."""
+MAX_IGNORE_PATTERNS = 10_000  # of .cmcignore; more is a mistake, and each costs every file a match
 
-    patterns: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDES))
+
+def _compile_pattern(raw: str) -> tuple[bool, re.Pattern[str]]:
+    """(negated, regex) of one gitignore-style pattern.
+
+    A pattern without a slash (other than a trailing one) matches at any depth; with one, from the
+    root. ``dir/`` matches everything under any folder named ``dir``; ``!pat`` takes a path back.
+    """
+    negate = raw.startswith("!")
+    pat = raw[1:] if negate else raw
+    directory = pat.endswith("/")
+    pat = pat.rstrip("/")
+    anchored = "/" in pat
+    core = fnmatch.translate(pat.lstrip("/")).removesuffix(r"\Z")
+    lead = "" if anchored else "(?:.*/)?"
+    tail = "/.*" if directory else "(?:/.*)?"
+    return negate, re.compile(f"{lead}{core}{tail}", re.DOTALL)
+
+
+class Exclusions:
+    """Glob patterns for paths whose content is kept from the model (header line only).
+
+    Compiled once; the last pattern that matches a path decides, as in .gitignore.
+    """
+
+    def __init__(self, patterns: list[str] | tuple[str, ...] = DEFAULT_EXCLUDES):
+        self.patterns = list(patterns)
+        self._compiled = [_compile_pattern(p) for p in self.patterns if p.strip("!/")]
 
     def matches(self, path: str | None) -> bool:
         if not path:
             return False
-        name = path.rsplit("/", 1)[-1]
-        excluded = False
-        for raw in self.patterns:
-            negate, pat = raw.startswith("!"), raw.lstrip("!")
-            pat = pat.rstrip("/") + "/*" if pat.endswith("/") else pat
-            target = path if "/" in pat else name
-            if fnmatch.fnmatchcase(target, pat) or (
-                "/" in pat and fnmatch.fnmatchcase(path, pat.lstrip("/"))
-            ):
-                excluded = not negate
-        return excluded
+        for negate, rx in reversed(self._compiled):
+            if rx.fullmatch(path):
+                return not negate
+        return False
 
 
 class GitRepo:
-    """A repository seen by cmc (wraps gitpython's Repo)."""
+    """A repository seen by cmc (wraps gitpython's Repo). Settings are `cmc.settings`' business."""
 
     def __init__(self, path: str | Path = "."):
         import git  # gitpython: imported here, so `cmc --help` stays cheap
@@ -132,53 +148,26 @@ class GitRepo:
         self.git_dir = Path(self.repo.git_dir)
         self.common_dir = Path(self.repo.common_dir)
         self.root = Path(self.repo.working_tree_dir) if self.repo.working_tree_dir else None
-        self._config_cache: dict[str, list[str]] | None = None
 
-    def _config(self) -> dict[str, list[str]]:
-        """All of git's config for this repository, read once (one process, not one per key)."""
-        if self._config_cache is None:
-            values: dict[str, list[str]] = {}
-            try:
-                out = self.git.config("-z", "--list")
-            except Exception:
-                out = ""
-            for item in out.split("\0"):
-                if item:
-                    key, _, value = item.partition("\n")
-                    values.setdefault(key.lower(), []).append(value)
-            self._config_cache = values
-        return self._config_cache
-
-    def config(self, key: str, default: str | None = None) -> str | None:
-        values = self._config().get(key.lower())
-        return values[-1] if values else default
-
-    def config_all(self, key: str) -> list[str]:
-        return [v for v in self._config().get(key.lower(), []) if v]
-
-    def config_bool(self, key: str, default: bool) -> bool:
-        value = self.config(key)
-        if value is None:
-            return default
-        low = value.strip().lower()
-        if low in ("true", "yes", "on", "1", ""):
-            return True
-        if low in ("false", "no", "off", "0"):
-            return False
-        return default
+    @property
+    def cwd(self) -> Path:
+        return self.root or self.git_dir
 
     def has_head(self) -> bool:
         return self.repo.head.is_valid()
 
-    def exclusions(self) -> Exclusions:
-        """Default patterns, then ``git config cmc.exclude`` (multi-valued), then ``.cmcignore``."""
-        patterns = list(DEFAULT_EXCLUDES)
-        patterns += self.config_all("cmc.exclude")
-        if self.root is not None and (self.root / ".cmcignore").is_file():
-            for line in (self.root / ".cmcignore").read_text(errors="replace").splitlines():
-                line = line.strip()
-                if line and not line.startswith("#"):
-                    patterns.append(line)
+    def exclusions(self, configured: list[str] | tuple[str, ...] = ()) -> Exclusions:
+        """Default patterns, then ``git config cmc.exclude`` (``configured``), then ``.cmcignore``."""
+        patterns = [*DEFAULT_EXCLUDES, *configured]
+        ignore = self.root / ".cmcignore" if self.root is not None else None
+        if ignore is not None and ignore.is_file():
+            with ignore.open(encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        patterns.append(line)
+                        if len(patterns) > MAX_IGNORE_PATTERNS:
+                            break
         return Exclusions(patterns)
 
     def _stream(self, *args: str) -> Iterator[str]:
@@ -193,13 +182,16 @@ class GitRepo:
                 proc.proc.kill()
             proc.proc.wait()
 
-    def staged_mods(self, max_chars: int = 24_000) -> list[Mod]:
+    def staged_mods(
+        self, exclude: list[str] | tuple[str, ...] = (), max_chars: int = 24_000
+    ) -> list[Mod]:
         """The staged change as mods. Excluded, binary and over-budget content is left out.
 
-        The content budget is shared by all files, first come first served, by whole hunks; each
-        file keeps its header line even when its content does not fit.
+        ``exclude``: the configured patterns (`cmc.settings.Settings.exclude`). The content budget
+        is shared by all files, first come first served, by whole hunks; each file keeps its header
+        line even when its content does not fit.
         """
-        excl = self.exclusions()
+        excl = self.exclusions(exclude)
         lines = self._stream(
             "diff", "--cached", "-M", "--no-color", "--no-ext-diff", "--no-textconv",
             "--submodule=short", "--src-prefix=a/", "--dst-prefix=b/", "--",
@@ -222,18 +214,16 @@ class GitRepo:
             mods.append(mod)
         return mods
 
-    def identity(self) -> tuple[str | None, str | None]:
-        return self.config("user.name"), self.config("user.email")
-
-    def author_history(self, limit: int = 64, scan: int = 2000) -> list[str]:
-        """The committing author's earlier messages reachable from HEAD, oldest → newest.
+    def author_history(
+        self, name: str | None, email: str | None, limit: int = 64, scan: int = 2000
+    ) -> list[str]:
+        """The earlier messages of the author ``name``/``email`` reachable from HEAD, oldest → newest.
 
         Merges are skipped; messages are cleaned and filtered exactly as in the training data. At
         most ``limit`` messages (the newest), looking back over at most ``scan`` commits.
         """
         if not self.has_head():
             return []
-        name, email = self.identity()
         if not name and not email:
             return []
         out = self.git.log(

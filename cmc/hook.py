@@ -23,11 +23,7 @@ HOOK_NAME = "prepare-commit-msg"
 MARKER = "cmc-managed-hook"
 CHAINED_SUFFIX = ".cmc-chained"
 SCRIPT = Path(__file__).parent / "resources" / HOOK_NAME
-DEFAULT_TIMEOUT_S = 10.0
-DEFAULT_SOURCES = ("", "template")  # sources cmc acts on unless `cmc.sources` says otherwise
-ALL_SOURCES = ("", "template", "message", "merge", "squash", "commit")
 SKIP_PREFIXES = ("fixup!", "squash!", "amend!")
-SCISSORS = "------------------------ >8 ------------------------"
 
 
 # --- installing -------------------------------------------------------------------------------
@@ -126,46 +122,54 @@ def _log(git_dir: Path | None, text: str) -> None:
         pass
 
 
-def split_message_file(text: str, comment: str) -> tuple[str, list[str]]:
-    """(the text a user typed, the comment and scissors lines after it) of a message file."""
-    typed, rest, cut = [], [], False
-    for line in text.split("\n"):
-        if cut or line.startswith(comment):
-            cut = cut or SCISSORS in line
-            rest.append(line)
-        else:
-            typed.append(line)
-    return "\n".join(typed).strip("\n"), rest
-
-
-def render_message(best: str, alternatives: list[str], comments: list[str], comment: str) -> str:
-    """Message file content: the best message first, the others as comments, then git's comments."""
-    lines = [best, ""]
-    if alternatives:
-        lines.append(f"{comment} cmc: other suggestions (copy one above to use it):")
-        for alt in alternatives:
-            lines += [f"{comment}   {piece}" for piece in alt.split("\n")]
-    lines += [c for c in comments if c or lines[-1]]
-    return "\n".join(lines).rstrip("\n") + "\n"
-
-
-def _skip_reason(repo, source: str, typed: str) -> str | None:
-    sources = repo.config("cmc.sources")
-    wanted = (
-        DEFAULT_SOURCES
-        if sources is None
-        else tuple("" if s in ("empty", "none") else s for s in sources.replace(",", " ").split())
-    )
-    if source not in wanted:
+def _skip_reason(repo, settings, source: str, typed: str) -> str | None:
+    if source not in settings.sources:
         return f"message source {source or 'empty'!r}"
     state = repo.state_in_progress()
     if state and state != "merge":
         return f"{state} in progress"
     if typed.lstrip().startswith(SKIP_PREFIXES):
         return "fixup/squash commit"
-    if source == "" and os.environ.get("GIT_EDITOR") == ":":
-        return "no editor will open (GIT_EDITOR=:)"
     return None
+
+
+def _git_commit_argv() -> list[str] | None:
+    """The argv of the `git commit` that runs this hook (Linux /proc), or None when unknown."""
+    pid = os.getppid()
+    for _ in range(4):  # git → sh (the hook script) → cmc; allow a wrapper or two
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            return None
+        args = [a.decode("utf-8", "replace") for a in argv if a]
+        if args and Path(args[0]).name in ("git", "git.exe") and "commit" in args:
+            return args
+        ppid = [ln.split()[1] for ln in status.splitlines() if ln.startswith("PPid:")]
+        if not ppid or ppid[0] in ("0", "1"):
+            return None
+        pid = int(ppid[0])
+    return None
+
+
+def editor_will_open(source: str) -> bool:
+    """Whether git opens an editor on the message after this hook (what the user will review).
+
+    Git does for a plain commit and a template; with -m/-F (source "message") and -C only with
+    -e/--edit; ``--no-edit`` or ``GIT_EDITOR=:`` mean none.
+    """
+    if os.environ.get("GIT_EDITOR") == ":":
+        return False
+    argv = _git_commit_argv() or []
+    flags = argv[argv.index("commit") + 1 :] if "commit" in argv else []
+    if "--no-edit" in flags:
+        return False
+    if "-e" in flags or "--edit" in flags:
+        return True
+    if source == "message":
+        return False
+    reuse = any(f in ("-C", "--reuse-message") or f.startswith("--reuse-message=") for f in flags)
+    return not (source == "commit" and reuse)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -176,32 +180,38 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def run(message_file: str, source: str = "", sha: str | None = None) -> int:
     """The hook's work. Always returns 0; git's message is only replaced by a finished result."""
-    if os.environ.get("CMC_DISABLE", "").lower() in ("1", "true", "yes"):
+    from cmc.settings import disabled_by_env
+
+    if disabled_by_env():
         return 0
     git_dir: Path | None = None
     try:
+        from cmc import msgfile
         from cmc.gitctx import GitRepo
+        from cmc.settings import Settings
 
         repo = GitRepo(".")
         git_dir = repo.git_dir
-        if not repo.config_bool("cmc.enabled", True):
+        settings = Settings.load(repo.cwd, repo.common_dir)
+        if not settings.enabled:
             return 0
         path = Path(message_file)
         original = path.read_bytes().decode("utf-8", "surrogateescape")
-        comment = repo.config("core.commentChar") or "#"
-        if comment == "auto":
-            comment = "#"
-        typed, comments = split_message_file(original, comment)
-        reason = _skip_reason(repo, source or "", typed)
+        parsed = msgfile.parse(original, settings.comment_char)
+        reason = _skip_reason(repo, settings, source or "", parsed.typed)
         if reason:
             _log(git_dir, f"skipped: {reason}")
             return 0
-        timeout = float(repo.config("cmc.timeout") or DEFAULT_TIMEOUT_S)
+        editor = editor_will_open(source or "")
+        if source == "" and not editor:
+            _log(git_dir, "skipped: no editor will open")
+            return 0
+        timeout = settings.timeout
         result: dict = {}
 
         def work() -> None:
             try:
-                result["completion"] = _complete_for_hook(repo, typed, timeout)
+                result["completion"] = _complete_for_hook(repo, settings, parsed.typed, timeout)
             except BaseException as exc:  # reported below, in the main thread
                 result["error"] = exc
                 result["trace"] = traceback.format_exc()
@@ -219,18 +229,16 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
             os._exit(0)  # the worker may sit inside torch; don't wait for it
         if "error" in result:
             _log(git_dir, result["trace"])
-            exc = result["error"]
-            print(
-                f"cmc: no suggestion ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-                file=sys.stderr,
-            )
-            return 0
+            raise result["error"]
         completion = result["completion"]
         if not completion.candidates:
             _log(git_dir, "no candidates")
             return 0
         messages = [c.message for c in completion.candidates]
-        _write_atomically(path, render_message(messages[0], messages[1:], comments, comment))
+        text = msgfile.render(
+            parsed, messages[0], messages[1:], editor_opens=editor, cleanup=settings.cleanup
+        )
+        _write_atomically(path, text)
         _log(git_dir, f"suggested in {completion.latency_ms:.0f} ms with {completion.model}")
     except Exception as exc:
         _log(git_dir, traceback.format_exc())
@@ -241,18 +249,10 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
     return 0
 
 
-def _complete_for_hook(repo, typed: str, timeout: float):
+def _complete_for_hook(repo, settings, typed: str, timeout: float):
     """From the warm daemon when one answers in time; else in this process."""
-    from cmc.daemon import complete_with_daemon
+    from cmc.daemon import complete_for
+    from cmc.decoding import DecodeSettings
 
-    n = int(repo.config("cmc.candidates") or 3)
-    result = complete_with_daemon(repo, typed, n, timeout=max(0.1, timeout - 0.5))
-    if result is not None:
-        return result
-    from cmc.complete import complete_context, context_from_repo
-    from cmc.model import load_model, resolve_model
-
-    spec = resolve_model(None, repo.config("cmc.model"), str(repo.common_dir))
-    lm = load_model(spec)
-    use_history = repo.config_bool("cmc.history", True)
-    return complete_context(lm, context_from_repo(repo, use_history), typed, n)
+    decode = DecodeSettings(num_candidates=settings.candidates)
+    return complete_for(repo, settings, typed, decode, timeout=max(0.1, timeout - 0.5))

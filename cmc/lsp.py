@@ -9,7 +9,10 @@ the model warm and reuses the prompt's KV states between keystrokes (`cmc.servic
 
 from __future__ import annotations
 
+import os
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from lsprotocol import types as lsp
@@ -51,47 +54,97 @@ def repo_of_message_file(path: Path) -> str:
     return str(git_dir)  # let gitpython search upwards (e.g. a message file inside a work tree)
 
 
-def typed_before(text: str, line: int, character: int, comment: str = "#") -> str:
-    """The message typed before the cursor, without comment lines."""
-    lines = text.split("\n")
-    before = [*lines[:line], lines[line][:character] if line < len(lines) else ""]
-    kept = [ln for ln in before if not ln.startswith(comment)]
-    return "\n".join(kept).lstrip("\n")
+def typed_at(doc, position: lsp.Position, comment_char: str = "#") -> str:
+    """The message typed before ``position`` in a pygls document (positions count the editor's
+    units, UTF-16 by default: pygls converts them to a string index)."""
+    from cmc import msgfile
+
+    return msgfile.typed_before(doc.source, doc.offset_at_position(position), comment_char)
 
 
-def _complete(uri: str, position: lsp.Position, n: int):
+def replace_range(doc, position: lsp.Position, word: str) -> lsp.Range:
+    """The range of ``word``, which ends at ``position`` (its width in the editor's units)."""
+    width = doc.position_codec.client_num_units(word)
+    return lsp.Range(lsp.Position(position.line, position.character - width), position)
+
+
+class _SettingsCache:
+    """Settings per repository, read again only when a git config file changes (no git process
+    per keystroke)."""
+
+    def __init__(self):
+        self.entries: dict[str, tuple[tuple, Any]] = {}
+
+    @staticmethod
+    def _fingerprint(repo) -> tuple:
+        home = Path.home()
+        xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config")
+        files = (repo.common_dir / "config", repo.git_dir / "config.worktree", home / ".gitconfig",
+                 xdg / "git" / "config", Path("/etc/gitconfig"))  # fmt: skip
+        stamp = []
+        for f in files:
+            try:
+                st = f.stat()
+                stamp.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamp.append(None)
+        return (*stamp, os.environ.get("CMC_DISABLE"))
+
+    def get(self, repo):
+        from cmc.settings import Settings
+
+        key = str(repo.git_dir)
+        fingerprint = self._fingerprint(repo)
+        cached = self.entries.get(key)
+        if cached is None or cached[0] != fingerprint:
+            cached = (fingerprint, Settings.load(repo.cwd, repo.common_dir))
+            self.entries[key] = cached
+        return cached[1]
+
+
+_settings = _SettingsCache()
+_last: dict[str, Any] = {}  # the previous keystroke's answer: both completion kinds share it
+
+
+def _complete(uri: str, position: lsp.Position):
+    """The continuations at ``position``: computed once per document version and position."""
     doc = server.workspace.get_text_document(uri)
     if not is_commit_message(uri, doc.language_id):
         return None, ""
-    typed = typed_before(doc.source, position.line, position.character)
-    from dataclasses import replace
+    key = (uri, doc.version, position.line, position.character)
+    if _last.get("key") == key:
+        return _last["value"]
+    from cmc.decoding import KEYSTROKE
+    from cmc.gitctx import GitRepo
+    from cmc.protocol import CompleteRequest
 
-    from cmc.complete import KEYSTROKE
-
-    # Keystroke completions: one line, a short greedy (or small beam) decode keeps them interactive.
-    settings = replace(KEYSTROKE, num_beams=max(1, n))
     try:
-        result, _ = _get_service().complete(
-            repo_of_message_file(path_of(uri)), typed, n=n, settings=settings
-        )
+        repo = GitRepo(repo_of_message_file(path_of(uri)))
+        settings = _settings.get(repo)
+        if not settings.enabled:
+            return None, ""
+        typed = typed_at(doc, position, settings.comment_char)
+        # One line, a small beam: the list shows 3 candidates, ghost text the best of them.
+        decode = KEYSTROKE.with_candidates(3)
+        request = CompleteRequest(str(repo.cwd), typed, settings, replace(decode, num_beams=3))
+        result, _ = _get_service().complete(request)
     except CmcError as exc:
         server.window_log_message(lsp.LogMessageParams(lsp.MessageType.Warning, f"cmc: {exc}"))
-        return None, typed
+        return None, ""
+    _last.update(key=key, value=(result, typed))
     return result, typed
 
 
 @server.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=[" "]))
 def completion(params: lsp.CompletionParams) -> lsp.CompletionList:
-    result, typed = _complete(params.text_document.uri, params.position, 3)
+    result, typed = _complete(params.text_document.uri, params.position)
     if result is None:
         return lsp.CompletionList(is_incomplete=False, items=[])
     line_typed = typed.split("\n")[-1]
     word_start = len(line_typed) - len(line_typed.split(" ")[-1])
     word = line_typed[word_start:]
-    edit_range = lsp.Range(
-        lsp.Position(params.position.line, params.position.character - len(word)),
-        params.position,
-    )
+    doc = server.workspace.get_text_document(params.text_document.uri)
+    edit_range = replace_range(doc, params.position, word)
     items = []
     for rank, cand in enumerate(result.candidates):
         first_line = (word + cand.continuation).split("\n")[0]
@@ -112,7 +165,7 @@ def completion(params: lsp.CompletionParams) -> lsp.CompletionList:
 
 @server.feature(lsp.TEXT_DOCUMENT_INLINE_COMPLETION, lsp.InlineCompletionOptions())
 def inline_completion(params: lsp.InlineCompletionParams) -> lsp.InlineCompletionList | None:
-    result, _ = _complete(params.text_document.uri, params.position, 1)
+    result, _ = _complete(params.text_document.uri, params.position)
     if result is None or not result.candidates:
         return None
     text = result.candidates[0].continuation.split("\n")[0]

@@ -52,10 +52,6 @@ class Budget:
     history_message_tokens: int = 48
     message_tokens: int = 96
 
-    @property
-    def max_length(self) -> int:
-        return self.diff_tokens + self.history_tokens + self.message_tokens + 8
-
 
 DEFAULT_BUDGET = Budget()
 

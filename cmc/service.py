@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cmc.complete import Candidate, Completion, Context, complete_context, context_from_repo
+from cmc.complete import Completion, Context, complete_context, context_from_repo
+from cmc.decoding import Candidate, DecodeSettings
+from cmc.protocol import CompleteRequest
 
 
 def repo_state(git_dir: Path) -> tuple:
@@ -49,8 +51,8 @@ def repo_state(git_dir: Path) -> tuple:
 class _RepoEntry:
     state: tuple
     context: Context
-    cache: Any  # cmc.decoding.PromptCache
-    last: tuple | None = None  # (settings, n, Completion) of the previous request
+    cache: Any  # cmc.decoding.beam.PromptCache
+    last: tuple[DecodeSettings, Completion] | None = None  # the previous request's answer
 
 
 def follow_suggestion(previous: Completion, typed: str) -> Completion | None:
@@ -76,39 +78,31 @@ class CompletionService:
         self.repos: OrderedDict[tuple, _RepoEntry] = OrderedDict()
         self.max_repos = max_repos
 
-    def complete(
-        self,  # returns (completion, prompt tokens reused; -1 when the previous suggestion stood)
-        repo_path: str,
-        typed: str,
-        n: int = 3,
-        model: str | None = None,
-        history: bool | None = None,
-        settings: Any = None,
-    ) -> tuple[Completion, int]:
-        """Completion for a repository's staged change; also how many prompt tokens were reused."""
-        from cmc.decoding import PromptCache
+    def complete(self, request: CompleteRequest) -> tuple[Completion, int]:
+        """Completion for a repository's staged change, and how many prompt tokens were reused
+        (-1 when the previous suggestion stood and no model ran)."""
+        from cmc.decoding.beam import PromptCache
         from cmc.gitctx import GitRepo
-        from cmc.model import load_model, resolve_model
+        from cmc.model import load_model
 
+        settings, decode = request.settings, request.decode
         with self.lock:
-            repo = GitRepo(repo_path)
-            spec = resolve_model(model, repo.config("cmc.model"), str(repo.common_dir))
-            use_history = repo.config_bool("cmc.history", True) if history is None else history
-            lm = load_model(spec)
-            key = (str(repo.git_dir), spec, use_history)
+            repo = GitRepo(request.repo)
+            lm = load_model(settings.model)
+            key = (str(repo.git_dir), settings)
             state = repo_state(repo.git_dir)
             entry = self.repos.get(key)
             if entry is None or entry.state != state:
-                entry = _RepoEntry(state, context_from_repo(repo, use_history), PromptCache())
+                entry = _RepoEntry(state, context_from_repo(repo, settings), PromptCache())
                 self.repos[key] = entry
             self.repos.move_to_end(key)
             while len(self.repos) > self.max_repos:
                 self.repos.popitem(last=False)
-            if entry.last is not None and entry.last[:2] == (settings, n):
-                followed = follow_suggestion(entry.last[2], typed)
+            if entry.last is not None and entry.last[0] == decode:
+                followed = follow_suggestion(entry.last[1], request.typed)
                 if followed is not None:
-                    entry.last = (settings, n, followed)
+                    entry.last = (decode, followed)
                     return followed, -1
-            result = complete_context(lm, entry.context, typed, n, settings, entry.cache)
-            entry.last = (settings, n, result)
+            result = complete_context(lm, entry.context, request.typed, decode, entry.cache)
+            entry.last = (decode, result)
             return result, entry.cache.reused_tokens

@@ -79,8 +79,8 @@ def tiny_model(tmp_path_factory) -> Path:
     import torch
 
     from cmc.prompt import build_prompt
-    from training.modeling import new_model
-    from training.tokenizer import train_tokenizer
+    from cmc.training.modeling import new_model
+    from cmc.training.tokenizer import train_tokenizer
 
     corpus = [LEARNED_MESSAGE, learned_diff(), PARSER_AFTER] * 5 + [
         "Add tests for the tokenizer",

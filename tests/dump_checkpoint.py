@@ -11,13 +11,14 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
 
-from training.checkpoint import CheckpointManager, TrainState
-from training.train import build, parse_args, setup_distributed
+from cmc.training.checkpoint import CheckpointManager, TrainState
+from cmc.training.config import TrainConfig
+from cmc.training.train import build, setup_distributed
 
 run, target = sys.argv[1], sys.argv[2]
-args = parse_args(["--data", "unused", "--out", run, "--max-steps", "1", *sys.argv[3:]])
+cfg = TrainConfig.from_argv(["--data", "unused", "--out", run, "--max-steps", "1", *sys.argv[3:]])
 rank, world, device = setup_distributed()
-model, layout, optimizer, _, _ = build(args, Path(run), rank, world, device, bf16=False)
+model, layout, optimizer, _, _ = build(cfg, Path(run), rank, world, device, bf16=False)
 state = TrainState(model, optimizer)
 folder = CheckpointManager(Path(run) / "checkpoints").load_latest(state)
 model_sd, optim_sd = get_state_dict(

@@ -20,6 +20,7 @@ from conftest import (
 )
 
 from cmc.complete import Context, complete_context
+from cmc.decoding import DecodeSettings
 from cmc.model import load_model
 
 
@@ -32,7 +33,7 @@ def lm(tiny_model: Path):
     "typed", ["", "F", "Fix pa", "Fix parser cr", "Fix parser crash on empty con", "Fix "]
 )
 def test_completion_extends_the_typed_text(lm, typed: str):
-    result = complete_context(lm, Context(learned_diff()), typed, n=3)
+    result = complete_context(lm, Context(learned_diff()), typed, DecodeSettings(num_candidates=3))
     best = result.candidates[0]
     assert best.message == LEARNED_MESSAGE
     assert typed + best.continuation == LEARNED_MESSAGE
@@ -45,13 +46,18 @@ def test_half_typed_word_is_finished_although_its_tokens_differ(lm):
     full_ids = tok.encode(LEARNED_MESSAGE, add_special_tokens=False)
     typed_ids = tok.encode("Fix parser cr", add_special_tokens=False)
     assert full_ids[: len(typed_ids)] != typed_ids
-    result = complete_context(lm, Context(learned_diff()), "Fix parser cr", n=1)
+    result = complete_context(
+        lm, Context(learned_diff()), "Fix parser cr", DecodeSettings(num_candidates=1)
+    )
     assert result.candidates[0].continuation.startswith("ash")
 
 
 def test_every_candidate_respects_the_typed_text_and_they_are_distinct(lm):
     result = complete_context(
-        lm, Context("unrelated.txt\n+ something else entirely"), "Add sup", n=4
+        lm,
+        Context("unrelated.txt\n+ something else entirely"),
+        "Add sup",
+        DecodeSettings(num_candidates=4),
     )
     messages = [c.message for c in result.candidates]
     assert len(messages) == len(set(messages)) >= 2

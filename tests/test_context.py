@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import commit_file, git, init_repo
 
 from cmc.diffs import Mod, parse_patch, process_diff
 from cmc.gitctx import GitRepo, mask_secrets
+from cmc.settings import Settings
 
 
 def staged(repo: Path) -> dict[str, Mod]:
-    return {m.path: m for m in GitRepo(repo).staged_mods()}
+    exclude = Settings.load(repo, repo / ".git").exclude
+    return {m.path: m for m in GitRepo(repo).staged_mods(exclude)}
 
 
 def test_first_commit_add_with_space_and_non_ascii_paths(repo: Path):
@@ -128,7 +131,7 @@ def test_author_history_is_own_cleaned_non_merge_newest_last(repo: Path):
     commit_file(repo, "c.txt", "1\n", "Add side work on another branch")
     git(repo, "checkout", "-q", "main")
     git(repo, "merge", "-q", "--no-ff", "-m", "Merge branch side", "side")
-    history = GitRepo(repo).author_history()
+    history = GitRepo(repo).author_history("Ada Lovelace", "ada@example.com")
     assert history == [
         "Add the first feature flag",
         "Fix flag parsing, see",
@@ -137,4 +140,45 @@ def test_author_history_is_own_cleaned_non_merge_newest_last(repo: Path):
 
 
 def test_history_of_an_empty_repository_is_empty(repo: Path):
-    assert GitRepo(repo).author_history() == []
+    assert GitRepo(repo).author_history("Ada Lovelace", "ada@example.com") == []
+
+
+@pytest.mark.parametrize(
+    "patterns, excluded, kept",
+    [
+        (["docs/"], ["docs/a.md", "pkg/docs/b.md"], ["docs.md", "src/a.py"]),
+        (["/build/"], ["build/x.o"], ["src/build/x.o"]),
+        (["*.md", "!README.md"], ["notes.md", "d/CHANGES.md"], ["README.md", "d/README.md"]),
+        (["gen/*", "!gen/keep.py"], ["gen/api.py"], ["gen/keep.py", "src/gen.py"]),
+        (["*.lock", "!*.lock", "poetry.lock"], ["poetry.lock"], ["Cargo.lock"]),
+    ],
+)
+def test_exclusion_patterns_dirs_and_negation(patterns, excluded, kept):
+    from cmc.gitctx import Exclusions
+
+    excl = Exclusions(patterns)
+    assert [p for p in excluded if not excl.matches(p)] == []
+    assert [p for p in kept if excl.matches(p)] == []
+
+
+def test_a_huge_cmcignore_is_compiled_once_and_capped(repo: Path):
+    import time
+
+    (repo / ".cmcignore").write_text("".join(f"generated/file_{i}_*.py\n" for i in range(40_000)))
+    for i in range(20):
+        (repo / f"m{i}.py").write_text(f"x = {i}\n")
+    git(repo, "add", ".")
+    started = time.perf_counter()
+    mods = staged(repo)
+    assert time.perf_counter() - started < 30  # was ~17 s a file with fnmatch's thrashing cache
+    assert mods["m3.py"].diff  # not excluded
+
+
+@pytest.mark.parametrize("name", ["tab\there.py", 'quote"d.py', "new\nline.py", "back\\slash.py"])
+def test_paths_git_must_quote(repo: Path, name: str):
+    commit_file(repo, "base.txt", "x\n", "Add base")
+    (repo / name).write_text("print('odd name')\n")
+    git(repo, "add", "--", name)
+    mods = staged(repo)
+    assert list(mods) == [name]
+    assert "odd name" in mods[name].diff

@@ -10,8 +10,8 @@ import pytest
 from conftest import git, init_repo
 
 from cmc import CmcError
-from training.mine import mine_repository
-from training.process import load_hub, load_raw, process_rows, save_processed
+from cmc.training.mine import mine_repository
+from cmc.training.process import load_hub, load_raw, process_rows, save_processed
 
 BOT = {"GIT_AUTHOR_NAME": "dependabot[bot]", "GIT_AUTHOR_EMAIL": "bot@example.com"}
 BOB = {"GIT_AUTHOR_NAME": "Bob", "GIT_AUTHOR_EMAIL": "bob@example.com"}

@@ -209,15 +209,78 @@ def test_cherry_pick_is_left_untouched(hooked_repo: Path, tmp_path: Path):
     assert seen.read_text().split("\n")[0] == "Handle empty input in the parser"
 
 
-@pytest.mark.parametrize("optout", ["env", "config"])
+@pytest.mark.parametrize("optout", ["env=1", "env=true", "env=YES", "config"])
 def test_opt_outs_leave_message_untouched(hooked_repo: Path, tmp_path: Path, optout: str):
     staged_parser_change(hooked_repo)
-    env = {"CMC_DISABLE": "1"} if optout == "env" else {}
+    env = {"CMC_DISABLE": optout.split("=")[1]} if optout.startswith("env") else {}
     if optout == "config":
         git(hooked_repo, "config", "cmc.enabled", "false")
     editor, seen = editor_script(tmp_path)
     commit(hooked_repo, editor=editor, env=env)
     assert seen.read_text().startswith("\n# Please enter the commit message")
+    assert "enabled: no" in cmc(hooked_repo, "hook", "status", env=env).stdout  # the same reading
+
+
+# --- the message file: only the message is ever committed -----------------------------------------
+
+
+def test_other_comment_char_is_used_for_alternatives_and_stripped(
+    hooked_repo: Path, tmp_path: Path
+):
+    staged_parser_change(hooked_repo)
+    git(hooked_repo, "config", "core.commentChar", ";")
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, editor=editor).returncode == 0
+    text = seen.read_text()
+    assert text.split("\n")[0] == LEARNED_MESSAGE
+    assert "; cmc: other suggestions" in text and "; Please enter the commit message" in text
+    assert last_message(hooked_repo) == LEARNED_MESSAGE
+
+
+def test_comment_char_auto_is_resolved_as_git_does(hooked_repo: Path, tmp_path: Path):
+    staged_parser_change(hooked_repo)
+    git(hooked_repo, "config", "core.commentChar", "auto")
+    template = tmp_path / "template.txt"
+    template.write_text("Fix parser cr\n\n#42 is the ticket\n")  # '#' starts a line: git picks ';'
+    git(hooked_repo, "config", "commit.template", str(template))
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, editor=editor).returncode == 0
+    assert "; Please enter the commit message" in seen.read_text()
+    committed = last_message(hooked_repo)
+    assert committed.startswith("Fix parser cr")
+    assert (
+        "Please enter" not in committed and "cmc:" not in committed and "On branch" not in committed
+    )
+
+
+@pytest.mark.parametrize("cleanup", ["scissors", "whitespace", "verbatim"])
+def test_no_alternatives_where_git_would_keep_comments(
+    hooked_repo: Path, tmp_path: Path, cleanup: str
+):
+    staged_parser_change(hooked_repo)
+    git(hooked_repo, "config", "commit.cleanup", cleanup)
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, editor=editor).returncode == 0
+    assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE
+    assert "cmc:" not in seen.read_text()
+    assert "cmc:" not in last_message(hooked_repo)
+
+
+def test_message_source_without_an_editor_commits_only_the_message(hooked_repo: Path):
+    staged_parser_change(hooked_repo)
+    git(hooked_repo, "config", "cmc.sources", "empty template message")
+    assert commit(hooked_repo, "-m", "Fix parser cr").returncode == 0
+    assert last_message(hooked_repo) == LEARNED_MESSAGE  # completed, and nothing else
+
+
+def test_message_source_with_edit_gets_alternatives_for_review(hooked_repo: Path, tmp_path: Path):
+    staged_parser_change(hooked_repo)
+    git(hooked_repo, "config", "cmc.sources", "empty template message")
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, "-e", "-m", "Fix parser cr", editor=editor).returncode == 0
+    assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE
+    assert "# cmc: other suggestions" in seen.read_text()
+    assert last_message(hooked_repo) == LEARNED_MESSAGE
 
 
 # --- failing open ---------------------------------------------------------------------------------
@@ -277,6 +340,7 @@ def test_hook_without_cmc_on_path_exits_zero(repo: Path, tmp_path: Path):
     assert msg.read_text() == "keep me\n"
 
 
+@pytest.mark.slow
 def test_huge_staged_diff_is_cut_and_still_completed(hooked_repo: Path, tmp_path: Path):
     staged_parser_change(hooked_repo)
     line = "x = 'a fairly long generated line of python source code in a data file'\n"

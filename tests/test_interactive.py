@@ -27,6 +27,9 @@ from conftest import (
 
 from cmc import __version__
 from cmc.daemon import _request
+from cmc.decoding import DecodeSettings
+from cmc.protocol import CompleteRequest
+from cmc.settings import Settings
 
 
 def staged_repo(path: Path, model: Path) -> Path:
@@ -72,23 +75,14 @@ def daemon(tmp_path: Path):
 
 
 def complete_req(repo: Path, typed: str, sock: Path, n: int = 1) -> dict:
-    reply = _request(
-        {
-            "op": "complete",
-            "version": __version__,
-            "repo": str(repo),
-            "typed": typed,
-            "n": n,
-            "beams": 1,
-            "max_new_tokens": 12,
-        },
-        60,
-        sock,
-    )
+    settings = Settings.load(repo, repo / ".git")
+    decode = DecodeSettings(num_beams=1, max_new_tokens=12, num_candidates=n)
+    reply = _request(CompleteRequest(str(repo), typed, settings, decode).to_json(), 60, sock)
     assert reply and reply["ok"], reply
     return reply
 
 
+@pytest.mark.slow
 def test_daemon_answers_cli_and_reuses_the_prompt_while_typing(tmp_path, tiny_model, daemon):
     repo = staged_repo(tmp_path / "repo", tiny_model)
     d = daemon()
@@ -124,6 +118,7 @@ def test_daemon_answers_cli_and_reuses_the_prompt_while_typing(tmp_path, tiny_mo
     assert changed["reused_tokens"] == 0
 
 
+@pytest.mark.slow
 def test_concurrent_requests_from_several_repositories(tmp_path, tiny_model, daemon):
     learned = staged_repo(tmp_path / "a", tiny_model)
     other = init_repo(tmp_path / "b")
@@ -152,6 +147,7 @@ def test_concurrent_requests_from_several_repositories(tmp_path, tiny_model, dae
     assert len(set(results["b"])) == 1  # the same answer every time: no state leaked between repos
 
 
+@pytest.mark.slow
 def test_daemon_killed_mid_request_the_commit_still_gets_a_message(tmp_path, tiny_model, daemon):
     repo = staged_repo(tmp_path / "repo", tiny_model)
     git(
@@ -204,6 +200,7 @@ def _connections(pid: int):
     return conns
 
 
+@pytest.mark.slow
 def test_cli_starts_a_daemon_in_the_background_when_allowed(tmp_path, tiny_model):
     repo = staged_repo(tmp_path / "repo", tiny_model)
     sock = tmp_path / "auto" / "cmc.sock"
@@ -241,6 +238,7 @@ def test_cli_starts_a_daemon_in_the_background_when_allowed(tmp_path, tiny_model
     assert not sock.exists()  # cmc.daemon false: nothing started
 
 
+@pytest.mark.slow
 def test_stale_socket_is_replaced_and_idle_daemon_exits(tmp_path, tiny_model, daemon):
     d = daemon()
     d.kill()
@@ -283,6 +281,7 @@ def test_other_versions_are_refused(tmp_path, daemon):
     assert reply["ok"] is False and reply["version"] == __version__
 
 
+@pytest.mark.slow
 def test_language_server_completes_a_commit_message_buffer(tmp_path, tiny_model):
     from lsprotocol import types as lsp
     from pygls.lsp.client import LanguageClient
@@ -333,3 +332,57 @@ def test_language_server_completes_a_commit_message_buffer(tmp_path, tiny_model)
     assert best.text_edit.new_text == "crash on empty configuration files"
     assert best.text_edit.range.start.character == len("Fix parser ")
     assert inline.items[0].insert_text == "ash on empty configuration files"
+
+
+def test_malformed_lines_unknown_ops_and_bad_fields_get_one_line_errors(tmp_path):
+    """A daemon in this process (no model needed): every bad request gets an error reply and the
+    daemon keeps serving."""
+    import socket as socketlib
+
+    from cmc.daemon import DaemonServer, private_dir
+
+    assert private_dir(tmp_path / "sock")
+    path = tmp_path / "sock" / "d.sock"
+    server = DaemonServer(path, idle_timeout=60)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True
+    )
+    thread.start()
+    try:
+        settings = {
+            "model": "m",
+            "history": True,
+            "exclude": [],
+            "author_name": None,
+            "author_email": None,
+        }
+        base = {
+            "op": "complete",
+            "version": __version__,
+            "repo": str(tmp_path),
+            "typed": "",
+            "settings": settings,
+        }
+        lines = [
+            b"this is not json\n",
+            b"[1, 2, 3]\n",
+            json.dumps({"op": "explode"}).encode() + b"\n",
+            json.dumps({**base, "typed": 5}).encode() + b"\n",
+            json.dumps({**base, "settings": {**settings, "history": "yes"}}).encode() + b"\n",
+            json.dumps({**base, "decode": {"num_beams": "five"}}).encode() + b"\n",
+            json.dumps({**base, "decode": {"num_beams": 10_000}}).encode() + b"\n",
+            json.dumps({**base, "typed": "x" * 100_000}).encode() + b"\n",
+        ]
+        with socketlib.socket(socketlib.AF_UNIX) as s:
+            s.settimeout(30)
+            s.connect(str(path))
+            f = s.makefile("rb")
+            for line in lines:
+                s.sendall(line)
+                reply = json.loads(f.readline())
+                assert reply["ok"] is False and reply["version"] == __version__, (line, reply)
+                assert reply["error"] and "\n" not in reply["error"]
+        assert _request({"op": "ping"}, 5, path)["ok"]  # still serving
+    finally:
+        server.shutdown()
+        server.server_close()

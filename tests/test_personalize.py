@@ -8,6 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from conftest import cmc_env, plant_modules
 from test_data import RepoBuilder
 
@@ -29,6 +30,7 @@ def history_repo(path: Path, commits: int) -> Path:
     return b.path
 
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_model: Path):
     repo = history_repo(tmp_path / "repo", 40)
     # Untracked modules in the work tree must never be imported by cmc or torchrun's workers.
@@ -55,7 +57,7 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "run the same command to resume" in err
-    from training.checkpoint import step_dirs
+    from cmc.training.checkpoint import step_dirs
 
     stopped_at = step_dirs(ckpts)[-1][0]
     assert 0 < stopped_at < 40

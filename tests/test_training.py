@@ -18,12 +18,14 @@ from conftest import cmc_env
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = 6
 
+pytestmark = pytest.mark.slow  # torchrun / daemons: deselect with -m 'not slow'
+
 
 @pytest.fixture(scope="session")
 def token_data(tmp_path_factory) -> tuple[Path, Path]:
     """Pre-tokenized train/validation data and a tokenizer, built from synthetic commits."""
-    from training.tokenizer import train_tokenizer
-    from training.tokens import pretokenize_split
+    from cmc.training.tokenizer import train_tokenizer
+    from cmc.training.tokens import pretokenize_split
 
     root = tmp_path_factory.mktemp("tokdata")
     verbs, things = (
@@ -73,7 +75,7 @@ def train_cmd(data: Path, tok: Path, out: Path, nproc: int, *extra: str) -> list
     cmd = torchrun(nproc)
     cmd += [
         "-m",
-        "training.train",
+        "cmc.training.train",
         "--data",
         str(data),
         "--out",
@@ -235,7 +237,7 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_bitwise(
     finally:
         kill_run(proc, out)
     assert not (out / "checkpoints" / "step-2" / "trainer.json").exists()
-    from training.checkpoint import step_dirs
+    from cmc.training.checkpoint import step_dirs
 
     assert step_dirs(out / "checkpoints") == []  # step-2 is not valid: resume must start over
     shutil.rmtree(out / "checkpoints" / "step-2")
@@ -320,7 +322,7 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(token_data, tmp_pat
         out = mnt / "run"
         result = run(train_cmd(data, tok, out, 1))
         assert "failed" in result.stderr and "the previous one stays valid" in result.stderr
-        from training.checkpoint import step_dirs
+        from cmc.training.checkpoint import step_dirs
 
         assert [s for s, _ in step_dirs(out / "checkpoints")] == [2]
         assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]
@@ -330,3 +332,50 @@ def test_disk_full_during_save_keeps_the_previous_checkpoint(token_data, tmp_pat
         subprocess.run(["umount", str(mnt)])
     result = run(train_cmd(data, tok, moved, 1))
     assert "step 2" in result.stderr
+
+
+def test_every_checkpoint_unloadable_is_an_error_not_a_restart(reference_run, token_data, tmp_path):
+    data, tok = token_data
+    copy = tmp_path / "unloadable"
+    shutil.copytree(reference_run, copy)
+    for step_dir in (copy / "checkpoints").glob("step-*"):
+        for shard in step_dir.glob("*.distcp"):
+            shard.write_bytes(b"not a checkpoint")
+    env = {**cmc_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        train_cmd(data, tok, copy, 1),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "no checkpoint in" in result.stderr and "loads" in result.stderr
+    assert len(list((copy / "checkpoints").glob("step-*"))) == 2  # nothing purged
+    assert losses(copy) == losses(reference_run)  # and nothing trained from step 0
+
+
+def test_resume_with_another_seed_is_refused_with_the_flag_named(
+    reference_run, token_data, tmp_path
+):
+    data, tok = token_data
+    copy = resumable_copy(reference_run, tmp_path, "reseeded")
+    cmd = [*train_cmd(data, tok, copy, 1), "--seed", "8"]
+    env = {**cmc_env(), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert "--seed was 7" in result.stderr
+
+
+def test_resume_with_another_batch_size_continues_from_the_consumed_samples(
+    reference_run, token_data, tmp_path
+):
+    data, tok = token_data
+    copy = resumable_copy(reference_run, tmp_path, "rebatched")
+    run([*train_cmd(data, tok, copy, 1), "--global-batch-size", "3", "--max-steps", "7"])
+    info = json.loads(
+        next((copy / "checkpoints").glob("step-7")).joinpath("trainer.json").read_text()
+    )
+    assert info["consumed"] == 4 * 6 + 3 * 3  # 24 samples at step 4, then 3 a step
+    assert info["config"]["global_batch_size"] == 3 and info["config"]["seed"] == 7

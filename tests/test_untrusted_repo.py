@@ -31,6 +31,9 @@ from conftest import (
 )
 
 from cmc.daemon import _request
+from cmc.decoding import KEYSTROKE
+from cmc.protocol import CompleteRequest
+from cmc.settings import Settings
 
 
 def hostile_repo(tmp_path: Path, model: Path) -> tuple[Path, list[Path]]:
@@ -59,6 +62,7 @@ def test_the_planted_modules_do_run_under_a_plain_python_m(tmp_path, tiny_model)
     assert ran(markers)
 
 
+@pytest.mark.slow
 def test_hook_and_the_daemon_it_starts_import_nothing_from_the_repository(tmp_path, tiny_model):
     repo, markers = hostile_repo(tmp_path, tiny_model)
     sock = tmp_path / "run" / "cmc.sock"
@@ -76,17 +80,15 @@ def test_hook_and_the_daemon_it_starts_import_nothing_from_the_repository(tmp_pa
         (repo / LEARNED_DIFF_FILE).write_text(PARSER_BEFORE)
         git(repo, "add", LEARNED_DIFF_FILE)
         git(repo, "commit", "-q", env=env)  # served by the daemon started above
-        reply = _request(
-            {"op": "complete", "version": info["version"], "repo": str(repo), "typed": "Fix"},
-            60,
-            sock,
-        )
+        request = CompleteRequest(str(repo), "Fix", Settings.load(repo, repo / ".git"), KEYSTROKE)
+        reply = _request(request.to_json(), 60, sock)
         assert reply is not None and reply["ok"], reply
     finally:
         os.kill(info["pid"], signal.SIGKILL)
     assert not ran(markers), sock.with_suffix(".log").read_text()
 
 
+@pytest.mark.slow
 def test_complete_and_serve_import_nothing_from_the_repository(tmp_path, tiny_model):
     repo, markers = hostile_repo(tmp_path, tiny_model)
     out = subprocess.run(

@@ -1,6 +1,6 @@
 """Train candidate sizes of the default model at once on one GPU, within a wall-clock budget.
 
-    python -m training.recipes.default_model_gpu --data DIR --tokenizer DIR --out DIR \
+    python -m cmc.training.recipes.default_model_gpu --data DIR --tokenizer DIR --out DIR \
         --seconds 390 --sizes 5m 9m 15m
 
 Each size first runs a short probe (all sizes together, as they will share the GPU) to measure its
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from cmc.spawn import python_argv
+from cmc.training.config import TrainConfig
 
 
 def unpack(data: Path) -> None:
@@ -38,14 +39,13 @@ def unpack(data: Path) -> None:
 def launch(
     args, size: str, out: Path, steps: int, warmup: int, save_every: int, seconds: float
 ) -> subprocess.Popen:
-    cmd = [
-        *python_argv("training.train"), "--data", str(args.data), "--out", str(out),
-        "--config", size, "--tokenizer", str(args.tokenizer), "--max-steps", str(steps),
-        "--warmup-steps", str(warmup), "--global-batch-size", str(args.global_batch_size),
-        "--micro-batch-size", str(args.micro_batch_size), "--lr", str(args.lr),
-        "--save-every", str(save_every), "--no-progress", "--eval-examples", str(args.eval_examples),
-        "--stop-after-seconds", str(seconds),
-    ]  # fmt: skip
+    config = TrainConfig(
+        data=str(args.data), out=str(out), config=size, tokenizer=str(args.tokenizer),
+        max_steps=steps, warmup_steps=warmup, global_batch_size=args.global_batch_size,
+        micro_batch_size=args.micro_batch_size, lr=args.lr, save_every=save_every,
+        no_progress=True, eval_examples=args.eval_examples, stop_after_seconds=seconds,
+    )  # fmt: skip
+    cmd = [*python_argv("cmc.training.train"), *config.to_argv()]
     with open(out.parent / f"{out.name}.log", "w") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -110,7 +110,7 @@ def main() -> int:
         proc.wait()
     print(f"training done at {time.time() - t0:.0f}s", flush=True)
 
-    from training.export import export_checkpoint
+    from cmc.training.export import export_checkpoint
 
     for s in args.sizes:
         run = args.out / f"run-{s}"

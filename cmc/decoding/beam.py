@@ -1,4 +1,4 @@
-"""Decoding: beam search that completes typed text, healing a half-typed last word.
+"""Beam search on a transformers causal LM that completes typed text, healing a half-typed last word.
 
 `split_typed` (in `cmc.prompt`) leaves the typed tail (``" bu"`` of ``"Fix the bu"``) out of the
 prompt. `TypedTailConstraint` then allows, at each step, only tokens whose bytes agree with what is
@@ -21,7 +21,8 @@ from typing import Any, ClassVar
 import torch
 from transformers import LogitsProcessor
 
-from cmc.complete import Candidate, DecodeSettings
+from cmc.decoding import Candidate, DecodeSettings
+from cmc.prompt import Prompt, eos_token_id, split_typed
 
 
 @lru_cache(maxsize=1)
@@ -248,6 +249,7 @@ def beam_search(
         cand = (running[:, None] + logp).view(-1)
         top_scores, top_idx = cand.topk(min(2 * beams, cand.numel()))
         vocab = logp.shape[-1]
+        last = step + 1 == max_new
         keep_rows, keep_tokens, keep_scores = [], [], []
         for rank, (score, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist())):
             if score == -float("inf"):
@@ -258,30 +260,28 @@ def beam_search(
                     tokens = seqs[row, start:].tolist()
                     finished.append((tokens, score / (len(tokens) + 1) ** length_penalty))
             else:
+                if last and rank < beams:  # out of room: the top beams end here, as in transformers
+                    tokens = [*seqs[row, start:].tolist(), token]
+                    finished.append((tokens, score / len(tokens) ** length_penalty))
                 keep_rows.append(row)
                 keep_tokens.append(token)
                 keep_scores.append(score)
             if len(keep_rows) == beams:
                 break
-        if not keep_rows:
+        if not keep_rows or last:
             break
         if len(finished) >= beams:
-            # Done when no running beam can beat the worst of the best `beams` finished ones.
+            # Done when no running beam can beat the worst of the best `beams` finished ones, its
+            # score divided by its length now (transformers' early_stopping=False heuristic).
             worst = sorted(h[1] for h in finished)[-beams]
-            if worst >= max(keep_scores) / (step + 2) ** length_penalty:
+            if worst >= max(keep_scores) / (step + 1) ** length_penalty:
                 break
         order = torch.tensor(keep_rows, dtype=torch.long)
         toks = torch.tensor(keep_tokens, dtype=torch.long)
         running = torch.tensor(keep_scores)
         seqs = torch.cat([seqs[order], toks[:, None]], dim=1)
-        if step + 1 == max_new:
-            break
         kv.reorder_cache(order)
         logits = _step(model, toks[:, None], kv)
-    for row in range(seqs.shape[0]):
-        tokens = seqs[row, start:].tolist()
-        if tokens:
-            finished.append((tokens, float(running[row]) / max(1, len(tokens)) ** length_penalty))
     finished.sort(key=lambda item: -item[1])
     return finished
 
@@ -289,17 +289,19 @@ def beam_search(
 def generate_candidates(
     model: Any,
     tokenizer: Any,
-    prompt_ids: list[int],
-    message_start: int,
+    prompt: Prompt,
     typed: str,
-    head: str,
-    tail: str,
-    n: int,
     settings: DecodeSettings,
-    eos_id: int,
     cache: PromptCache | None = None,
 ) -> list[Candidate]:
-    """Beam search from a prompt; return up to ``n`` distinct completions of ``typed``."""
+    """Up to ``settings.num_candidates`` distinct completions of ``typed``, best first.
+
+    ``prompt`` was built (`cmc.prompt.build_prompt`) from the head of ``typed`` (`split_typed`).
+    """
+    head, tail = split_typed(typed)
+    n = settings.num_candidates
+    prompt_ids, message_start = prompt.input_ids, prompt.message_start
+    eos_id = eos_token_id(tokenizer)
     table = TokenTable.of(tokenizer)
     start = len(prompt_ids)
     processors: list[LogitsProcessor] = [TypedTailConstraint(table, tail, start)]

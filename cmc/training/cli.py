@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import sys
 from pathlib import Path
 
 import click
 
 from cmc import CmcError
+from cmc.training import require_train_extra
+from cmc.training.config import TrainConfig, click_options
 
 
 @click.group()
@@ -36,7 +38,7 @@ def data_mine(repos, out, since, max_commits):
 
 
 def mine_all(repos, out, since, max_commits) -> int:
-    from training.mine import mine_repository
+    from cmc.training.mine import mine_repository
 
     mined, failed = 0, 0
     for repo in repos:
@@ -62,7 +64,7 @@ def mine_all(repos, out, since, max_commits) -> int:
 @click.option("--seed", default=42, show_default=True)
 def data_build(repos, out, since, max_commits, split_by, seed):
     """Mine REPOS, then process them: `cmc data mine` + `cmc data process` in one go."""
-    from training.process import load_raw, process_rows, save_processed
+    from cmc.training.process import load_raw, process_rows, save_processed
 
     raw = Path(out) / "raw"
     mine_all(repos, raw, since, max_commits)
@@ -88,7 +90,7 @@ def data_build(repos, out, since, max_commits, split_by, seed):
 )
 def data_process(raw, out, split_by, seed, outliers):
     """Filter, clean, deduplicate and split RAW rows (parquet files/folders, a saved dataset, or a hub id)."""
-    from training.process import load_raw, process_rows, save_processed
+    from cmc.training.process import load_raw, process_rows, save_processed
 
     rows = load_raw(raw)
     if not rows:
@@ -102,7 +104,7 @@ def data_process(raw, out, split_by, seed, outliers):
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def data_stats(folder):
     """Sizes, languages and length quantiles of a processed dataset."""
-    from training.stats import dataset_stats
+    from cmc.training.stats import dataset_stats
 
     click.echo(dataset_stats(folder))
 
@@ -116,7 +118,7 @@ def checkpoint() -> None:
 @click.argument("path", type=click.Path(exists=True))
 def checkpoint_info(path):
     """Step, world size, layout, parameters and size of the newest valid checkpoint under PATH."""
-    from training.checkpoint import checkpoint_info as info
+    from cmc.training.checkpoint import checkpoint_info as info
 
     try:
         click.echo(json.dumps(info(path), indent=2))
@@ -135,7 +137,7 @@ def checkpoint_info(path):
 )
 def checkpoint_export(path, out, dtype):
     """Write a save_pretrained folder (safetensors + tokenizer) that `cmc complete` loads."""
-    from training.export import export_checkpoint
+    from cmc.training.export import export_checkpoint
 
     try:
         folder = export_checkpoint(path, out, dtype=dtype)
@@ -177,7 +179,7 @@ def evaluate(
     data, model, split, train_data, context_ratios, history, limit, beams, max_new_tokens, out
 ):
     """Score completions by the CommitChronicle protocol; writes metrics.json, predictions, a plot."""
-    from training.evaluate import run_eval, table
+    from cmc.training.evaluate import run_eval, table
 
     try:
         ratios = [float(x) for x in context_ratios.split(",") if x.strip()]
@@ -186,8 +188,8 @@ def evaluate(
     histories = [True, False] if history is None else [history]
     settings = None
     if model != "nngen":
-        from cmc.complete import DecodeSettings
-        from cmc.model import BUNDLED_MODEL
+        from cmc.decoding import DecodeSettings
+        from cmc.settings import BUNDLED_MODEL
 
         settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
         model = str(BUNDLED_MODEL) if model == "default" else model
@@ -196,6 +198,11 @@ def evaluate(
     )
     click.echo(table(results))
     click.echo(f"→ {out}/metrics.json, predictions.jsonl, metrics.png", err=True)
+
+
+# `cmc train`'s defaults: a short fine-tune of a small repository's history.
+PERSONALIZE_DEFAULTS = {"max_steps": 200, "save_every": 50, "global_batch_size": 16,
+                        "micro_batch_size": 4, "lr": 3e-4, "seed": 42, "fsdp": False}  # fmt: skip
 
 
 @click.command("train")
@@ -222,13 +229,7 @@ def evaluate(
     type=click.IntRange(1, 64),
     help="Processes (torchrun).",
 )
-@click.option("--max-steps", default=200, show_default=True, type=click.IntRange(1))
-@click.option("--save-every", default=50, show_default=True, type=click.IntRange(1))
-@click.option("--global-batch-size", default=16, show_default=True, type=click.IntRange(1))
-@click.option("--micro-batch-size", default=4, show_default=True, type=click.IntRange(1))
-@click.option("--lr", default=3e-4, show_default=True)
-@click.option("--seed", default=42, show_default=True)
-@click.option("--fsdp", is_flag=True, help="Shard with FSDP2 instead of DDP.")
+@click_options(PERSONALIZE_DEFAULTS)
 @click.option(
     "--eval-limit",
     default=200,
@@ -236,43 +237,37 @@ def evaluate(
     help="Validation commits scored before and after.",
 )
 @click.option("--no-install", is_flag=True, help="Do not make the result this repository's model.")
-def train(
-    repo,
-    data,
-    base,
-    out,
-    nproc,
-    max_steps,
-    save_every,
-    global_batch_size,
-    micro_batch_size,
-    lr,
-    seed,
-    fsdp,
-    eval_limit,
-    no_install,
-):
+def train(repo, data, base, out, nproc, eval_limit, no_install, **trainer):
     """Personalize the model on this repository's history (resumable: run it again to continue)."""
-    from training.personalize import TrainOptions, personalize, report
+    from cmc.training.personalize import TrainOptions, personalize, report
 
-    if global_batch_size % nproc:
+    if trainer["global_batch_size"] % nproc:
         raise CmcError(
-            f"--global-batch-size {global_batch_size} must be divisible by --nproc {nproc}"
+            f"--global-batch-size {trainer['global_batch_size']} must be divisible by --nproc {nproc}"
         )
-    opts = TrainOptions(
-        repo=repo, data=data, base=base, out=out, nproc=nproc, max_steps=max_steps, save_every=save_every,
-        global_batch_size=global_batch_size, micro_batch_size=micro_batch_size, lr=lr, seed=seed, fsdp=fsdp,
-        eval_limit=eval_limit, install=not no_install,
-    )  # fmt: skip
+    config = TrainConfig(**trainer, warmup_steps=max(1, trainer["max_steps"] // 10))
+    opts = TrainOptions(repo=repo, data=data, base=base, out=out, nproc=nproc, eval_limit=eval_limit,
+                        install=not no_install, train=config)  # fmt: skip
     click.echo(report(personalize(opts)))
 
 
+def _needs_train_extra(cmd: click.Command, name: str) -> None:
+    """Check for the [train] extra before the command runs (one line, not a ModuleNotFoundError)."""
+    if isinstance(cmd, click.Group):
+        for sub_name, sub in cmd.commands.items():
+            _needs_train_extra(sub, f"{name} {sub_name}")
+        return
+    callback = cmd.callback
+
+    @functools.wraps(callback)
+    def checked(*args, **kwargs):
+        require_train_extra(name)
+        return callback(*args, **kwargs)
+
+    cmd.callback = checked
+
+
 def register(main: click.Group) -> None:
-    main.add_command(train)
-    main.add_command(data)
-    main.add_command(checkpoint)
-    main.add_command(evaluate)
-
-
-if __name__ == "__main__":
-    sys.exit(0)
+    for cmd in (train, data, checkpoint, evaluate):
+        _needs_train_extra(cmd, cmd.name)
+        main.add_command(cmd)

@@ -14,10 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cmc import CmcError
+from cmc.training.config import TrainConfig
 
 MIN_TRAIN_EXAMPLES = 16
 EVAL_RATIOS = (0.0, 0.25, 0.5)
@@ -25,20 +26,16 @@ EVAL_RATIOS = (0.0, 0.25, 0.5)
 
 @dataclass
 class TrainOptions:
+    """What `cmc train` does around the trainer; the trainer's own settings are ``train``."""
+
     repo: str | None = None
     data: str | None = None
     base: str | None = None
     out: str | None = None
     nproc: int = 1
-    max_steps: int = 200
-    save_every: int = 50
-    global_batch_size: int = 16
-    micro_batch_size: int = 4
-    lr: float = 3e-4
-    seed: int = 42
-    fsdp: bool = False
     eval_limit: int = 200
     install: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _say(text: str) -> None:
@@ -52,13 +49,15 @@ def prepare_data(opts: TrainOptions, out: Path) -> Path:
     processed = out / "data"
     if (processed / "dataset" / "dataset_dict.json").exists():
         return processed
-    from training.mine import mine_repository
-    from training.process import load_raw, process_rows, save_processed
+    from cmc.training.mine import mine_repository
+    from cmc.training.process import load_raw, process_rows, save_processed
 
     _say("mining the repository's history…")
     stats = mine_repository(opts.repo, out / "raw")
     _say(stats.line())
-    per_split, funnel = process_rows(load_raw([str(out / "raw")]), split_by="time", seed=opts.seed)
+    per_split, funnel = process_rows(
+        load_raw([str(out / "raw")]), split_by="time", seed=opts.train.seed
+    )
     final = save_processed(per_split, funnel, processed)
     _say(funnel.table(final))
     return processed
@@ -68,7 +67,7 @@ def tokenize(data: Path, base: str, out: Path) -> Path:
     from datasets import load_from_disk
 
     from cmc.model import read_budget
-    from training.tokens import pretokenize_split
+    from cmc.training.tokens import pretokenize_split
 
     tokens = out / "tokens"
     dd = load_from_disk(str(data / "dataset" if (data / "dataset").exists() else data))
@@ -87,7 +86,7 @@ def tokenize(data: Path, base: str, out: Path) -> Path:
 
 
 def score_model(model: str, data: Path, out: Path, limit: int) -> dict:
-    from training.evaluate import run_eval
+    from cmc.training.evaluate import run_eval
 
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
@@ -100,25 +99,9 @@ def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
     """torchrun in a child; Ctrl-C / SIGTERM reach it (same process group) and we wait for its clean stop."""
     from cmc.spawn import python_argv, safe_cwd, safe_env
 
+    config = replace(opts.train, data=str(tokens), out=str(run), base=base, config=None)
     cmd = python_argv("torch.distributed.run", "--standalone", f"--nproc-per-node={opts.nproc}")
-    cmd += ["-m", "training.train", "--data", str(tokens), "--out", str(run), "--base", base]
-    cmd += ["--max-steps", str(opts.max_steps), "--save-every", str(opts.save_every)]
-    cmd += [
-        "--global-batch-size",
-        str(opts.global_batch_size),
-        "--micro-batch-size",
-        str(opts.micro_batch_size),
-    ]
-    cmd += [
-        "--lr",
-        str(opts.lr),
-        "--seed",
-        str(opts.seed),
-        "--warmup-steps",
-        str(max(1, opts.max_steps // 10)),
-    ]
-    if opts.fsdp:
-        cmd.append("--fsdp")
+    cmd += ["-m", "cmc.training.train", *config.to_argv()]
     env = {
         **safe_env(),  # torchrun's workers run `python -m`: keep the repository off their path
         "OMP_NUM_THREADS": os.environ.get(
@@ -143,7 +126,7 @@ def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
 
 
 def finished_step(run: Path) -> int:
-    from training.checkpoint import step_dirs
+    from cmc.training.checkpoint import step_dirs
 
     found = step_dirs(run / "checkpoints")
     if not found:
@@ -153,7 +136,8 @@ def finished_step(run: Path) -> int:
 
 def personalize(opts: TrainOptions) -> dict:
     from cmc.gitctx import GitRepo
-    from cmc.model import personalized_model_dir, resolve_model
+    from cmc.model import check_model_spec
+    from cmc.settings import Settings, personalized_model_dir, resolve_model
 
     if not opts.repo and not opts.data:
         opts.repo = "."
@@ -169,10 +153,11 @@ def personalize(opts: TrainOptions) -> dict:
         else None
     )
     if base is None:
-        configured = git_repo.config("cmc.model") if git_repo else None
-        base = resolve_model(None, configured, str(git_dir) if git_dir else None)
-    from cmc.model import check_model_spec
-
+        base = (
+            Settings.load(git_repo.cwd, git_dir).model
+            if git_repo
+            else resolve_model(None, None, None)
+        )
     check_model_spec(base)
     (out / "base.json").write_text(json.dumps({"base": base}))
     if git_repo is not None:
@@ -184,16 +169,16 @@ def personalize(opts: TrainOptions) -> dict:
     run = out / "run"
     code = run_trainer(opts, tokens, base, run)
     step = finished_step(run)
-    if code != 0 or step < opts.max_steps:
+    if code != 0 or step < opts.train.max_steps:
         raise CmcError(
-            f"training stopped at step {step} of {opts.max_steps}"
+            f"training stopped at step {step} of {opts.train.max_steps}"
             + (
                 ""
                 if step == 0
                 else f"; the checkpoint in {run / 'checkpoints'} is kept — run the same command to resume"
             )
         )
-    from training.export import export_checkpoint
+    from cmc.training.export import export_checkpoint
 
     model_dir = export_checkpoint(run, out / "model")
     shutil.rmtree(out / "eval-after", ignore_errors=True)

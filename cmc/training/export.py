@@ -6,7 +6,8 @@ import json
 import shutil
 from pathlib import Path
 
-from training.checkpoint import is_valid, step_dirs
+from cmc.model import read_budget, read_model_meta, write_model_meta
+from cmc.training.checkpoint import is_valid, step_dirs
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -48,9 +49,9 @@ def export_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(getattr(torch, dtype)).save_pretrained(tmp, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(init).save_pretrained(tmp)
-    meta = json.loads((init / "cmc.json").read_text()) if (init / "cmc.json").exists() else {}
-    meta.update({"step": info.get("step"), "consumed_samples": info.get("consumed")})
-    (tmp / "cmc.json").write_text(json.dumps(meta, indent=2))
+    meta = {k: v for k, v in read_model_meta(init).items() if k != "budget"}
+    meta.update(step=info.get("step"), consumed_samples=info.get("consumed"))
+    write_model_meta(tmp, read_budget(init), **meta)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

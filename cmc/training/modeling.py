@@ -15,7 +15,7 @@ SIZES = {
 }
 
 
-def new_model(tokenizer: Any, size: str = "6m", max_positions: int = 1024, seed: int = 0):
+def new_model(tokenizer: Any, size: str = "9m", max_positions: int = 1024, seed: int = 0):
     """A freshly initialized LlamaForCausalLM sized by ``size`` for this tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM

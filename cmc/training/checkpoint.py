@@ -3,8 +3,9 @@
 * Saved with `torch.distributed.checkpoint` from `get_state_dict` (fully-qualified names, no
   ``module.`` prefixes, DTensor shards under FSDP2), so DDP, FSDP2 and a single process read each
   other's checkpoints, at any number of processes: DCP reshards on load.
-* A folder counts only once its ``.metadata`` exists (DCP writes it last); resume takes the newest
-  valid one and falls back to older ones if a load fails; the newest ``keep`` are kept.
+* A folder counts only once its ``.metadata`` and ``trainer.json`` exist; resume takes the newest
+  valid one and falls back to older ones if a load fails, but never to step 0 while any exist;
+  the newest ``keep`` are kept.
 * Besides model and optimizer: step, consumed samples, RNG states and the run config
   (``trainer.json``, written after the shards, beside ``.metadata``).
 """
@@ -222,23 +223,35 @@ class CheckpointManager:
             shutil.rmtree(folder, ignore_errors=True)
 
     def load_latest(self, state: TrainState) -> Path | None:
-        """Load the newest checkpoint that loads; say so when one has to be skipped."""
-        for _step, folder in reversed(step_dirs(self.root)):
+        """Load the newest checkpoint that loads, saying so when one has to be skipped.
+
+        None only when there is no checkpoint at all: when every one fails, this raises
+        (`UnloadableCheckpoints`) instead of letting a run start over from step 0 and later purge
+        the folders it could not read.
+        """
+        found = step_dirs(self.root)
+        reasons = []
+        for _step, folder in reversed(found):
             try:
                 dcp.load({"train": state}, checkpoint_id=str(folder))
                 return folder
             except LOAD_ERRORS as exc:  # a corrupt or truncated checkpoint
+                text = str(exc).strip()
+                reason = text.splitlines()[-1][:200] if text else type(exc).__name__
+                reasons.append(f"{folder.name}: {reason}")
                 if _rank() == 0:
-                    reason = (
-                        str(exc).strip().splitlines()[-1][:200]
-                        if str(exc).strip()
-                        else type(exc).__name__
-                    )
-                    print(
-                        f"checkpoint {folder.name} is unreadable ({reason}); trying an older one",
-                        file=sys.stderr,
-                    )
+                    print(f"checkpoint {folder.name} is unreadable ({reason}); trying an older one",
+                          file=sys.stderr)  # fmt: skip
+        if found:
+            raise UnloadableCheckpoints(
+                f"no checkpoint in {self.root} loads ({'; '.join(reasons)}); "
+                "move the folder away to start over, or use the code that wrote them"
+            )
         return None
+
+
+class UnloadableCheckpoints(RuntimeError):
+    """Checkpoints exist but none loads (corrupt, or written by other code)."""
 
 
 def checkpoint_info(folder: str | Path) -> dict[str, Any]:

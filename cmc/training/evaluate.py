@@ -139,7 +139,6 @@ def run_eval(
     out: str | Path,
     split: str = "test",
     train: str | None = None,
-    n: int = 1,
     settings: Any = None,
     progress: bool = True,
 ) -> dict:
@@ -156,12 +155,15 @@ def run_eval(
             return completer.complete_rows(batch, use_history)
     else:
         from cmc.complete import complete_rows
-        from cmc.model import load_model, resolve_model
+        from cmc.decoding import DecodeSettings
+        from cmc.model import load_model
 
-        lm = load_model(resolve_model(model, None, None))
+        lm = load_model(model)
+        # EM@2 needs two candidates.
+        decode = (settings or DecodeSettings()).with_candidates(2)
 
         def run(batch, use_history):
-            return complete_rows(lm, batch, n=max(2, n), use_history=use_history, settings=settings)
+            return complete_rows(lm, batch, use_history=use_history, settings=decode)
 
     results: dict[str, Any] = {
         "model": model,

@@ -1,0 +1,208 @@
+"""Every setting cmc reads, in one place: git config (``cmc.*``, ``core.commentChar``,
+``commit.cleanup``, ``user.*``), the environment, and which model to use.
+
+The client side (hook, ``cmc complete``, the language server) resolves a `Settings` once per run and
+sends the daemon everything it needs; the daemon never reads configuration itself.
+
+Model resolution: ``--model`` flag > ``git config cmc.model`` > this repository's personalized model
+(``$GIT_DIR/cmc/model``, written by ``cmc train``) > the default model bundled in the package.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cmc import CmcError
+
+ENV_DISABLE = "CMC_DISABLE"
+DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_CANDIDATES = 3
+DEFAULT_SOURCES = ("", "template")  # message sources the hook acts on unless `cmc.sources` says
+
+BUNDLED_MODEL = Path(__file__).parent / "default_model"
+NO_MODEL_HELP = (
+    "no model available: pass --model PATH, or run `git config cmc.model PATH` "
+    "(a transformers save_pretrained folder or hub id), or `cmc train` in this repository"
+)
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def env_flag(name: str) -> bool:
+    """The one reading of a boolean environment variable (``1``/``true``/``yes``/``on``)."""
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def disabled_by_env() -> bool:
+    return env_flag(ENV_DISABLE)
+
+
+def personalized_model_dir(git_dir: str | os.PathLike) -> Path:
+    return Path(git_dir) / "cmc" / "model"
+
+
+def is_model_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / "config.json").is_file()
+
+
+def resolve_model(
+    flag: str | None, configured: str | None, git_dir: str | os.PathLike | None
+) -> str:
+    """The model spec to load, by the resolution order in the module docstring."""
+    for spec in (flag, configured):
+        if spec:
+            return spec
+    if git_dir and is_model_dir(personalized_model_dir(git_dir)):
+        return str(personalized_model_dir(git_dir))
+    if is_model_dir(BUNDLED_MODEL):
+        return str(BUNDLED_MODEL)
+    raise CmcError(NO_MODEL_HELP)
+
+
+def read_git_config(cwd: str | os.PathLike) -> dict[str, list[str]]:
+    """All of git's configuration as seen from ``cwd`` (one process). A failing git is an error."""
+    try:
+        proc = subprocess.run(
+            ["git", "config", "-z", "--list"],
+            cwd=cwd,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise CmcError("git is not installed or not on PATH") from exc
+    except OSError as exc:
+        raise CmcError(f"cannot run git config in {cwd}: {exc.strerror}") from exc
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise CmcError(f"git config failed in {cwd}: {err[-1] if err else proc.returncode}")
+    values: dict[str, list[str]] = {}
+    for item in proc.stdout.decode("utf-8", "surrogateescape").split("\0"):
+        if item:
+            key, _, value = item.partition("\n")
+            values.setdefault(key.lower(), []).append(value)
+    return values
+
+
+class _Config:
+    def __init__(self, values: dict[str, list[str]]):
+        self.values = values
+
+    def get(self, key: str) -> str | None:
+        found = self.values.get(key.lower())
+        return found[-1] if found else None
+
+    def all(self, key: str) -> list[str]:
+        return [v for v in self.values.get(key.lower(), []) if v]
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.get(key)
+        if value is None:
+            return default
+        low = value.strip().lower()
+        if low in (*_TRUE, ""):  # a key without a value is true in git
+            return True
+        if low in _FALSE:
+            return False
+        raise CmcError(f"{key}: {value!r} is not a boolean (use true or false)")
+
+    def number(self, key: str, default: float, minimum: float, integer: bool = False) -> float:
+        value = self.get(key)
+        if value is None or not value.strip():
+            return default
+        try:
+            number = int(value) if integer else float(value)
+        except ValueError:
+            number = math.nan
+        if not math.isfinite(number) or number < minimum:
+            kind = "a whole number" if integer else "a number"
+            raise CmcError(f"{key}: {value!r} is not {kind} of at least {minimum:g}")
+        return number
+
+
+def _sources(value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_SOURCES
+    return tuple("" if s in ("empty", "none") else s for s in value.replace(",", " ").split())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What cmc does in one repository, resolved from git config, the environment and flags."""
+
+    model: str  # resolved spec; "" when none is available
+    enabled: bool = True
+    history: bool = True
+    daemon: bool = True
+    timeout: float = DEFAULT_TIMEOUT_S
+    candidates: int = DEFAULT_CANDIDATES
+    sources: tuple[str, ...] = DEFAULT_SOURCES
+    comment_char: str = "#"  # core.commentChar as configured; "auto" is resolved per message file
+    cleanup: str = "default"  # commit.cleanup
+    exclude: tuple[str, ...] = field(default_factory=tuple)  # cmc.exclude patterns
+    author_name: str | None = None
+    author_email: str | None = None
+
+    @classmethod
+    def load(
+        cls,
+        repo: str | os.PathLike,
+        git_dir: str | os.PathLike | None = None,
+        model: str | None = None,
+        history: bool | None = None,
+    ) -> Settings:
+        """Settings of the repository at ``repo``; ``model``/``history`` are command-line flags."""
+        cfg = _Config(read_git_config(repo))
+        try:
+            resolved = resolve_model(model, cfg.get("cmc.model"), git_dir)
+        except CmcError:
+            resolved = (
+                ""  # reported when a model is needed, not by `cmc hook status` or a disabled hook
+            )
+        return cls(
+            model=resolved,
+            enabled=cfg.boolean("cmc.enabled", True) and not disabled_by_env(),
+            history=cfg.boolean("cmc.history", True) if history is None else history,
+            daemon=cfg.boolean("cmc.daemon", True),
+            timeout=cfg.number("cmc.timeout", DEFAULT_TIMEOUT_S, 0.001),
+            candidates=int(cfg.number("cmc.candidates", DEFAULT_CANDIDATES, 1, integer=True)),
+            sources=_sources(cfg.get("cmc.sources")),
+            comment_char=cfg.get("core.commentChar") or "#",
+            cleanup=(cfg.get("commit.cleanup") or "default").strip().lower(),
+            exclude=tuple(cfg.all("cmc.exclude")),
+            author_name=cfg.get("user.name"),
+            author_email=cfg.get("user.email"),
+        )
+
+    def to_json(self) -> dict:
+        """The settings as the daemon receives them (it reads no configuration itself)."""
+        return {
+            "model": self.model,
+            "history": self.history,
+            "exclude": list(self.exclude),
+            "author_name": self.author_name,
+            "author_email": self.author_email,
+        }
+
+    @classmethod
+    def from_json(cls, data: object) -> Settings:
+        """What the daemon needs of a client's settings (see `to_json`); bad types → ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError("settings must be an object")
+        model, history, exclude = data.get("model"), data.get("history"), data.get("exclude", [])
+        if not isinstance(model, str) or not model:
+            raise ValueError("settings.model must be a model path or hub id")
+        if not isinstance(history, bool):
+            raise ValueError("settings.history must be true or false")
+        if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
+            raise ValueError("settings.exclude must be a list of glob patterns")
+        author = [data.get("author_name"), data.get("author_email")]
+        if not all(a is None or isinstance(a, str) for a in author):
+            raise ValueError("settings.author_name and author_email must be strings")
+        return cls(model=model, history=history, exclude=tuple(exclude),
+                   author_name=author[0], author_email=author[1])  # fmt: skip

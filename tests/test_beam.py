@@ -1,0 +1,62 @@
+"""cmc's own beam search is pinned to transformers' `generate` (same logits processors, beam 5,
+length penalty 1, heuristic stopping): same hypotheses, same scores. bench/bench_decode.py measures
+why it exists (it reuses the prompt's KV cache and runs no per-step generation machinery)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import LEARNED_MESSAGE, learned_diff
+from transformers import LogitsProcessorList
+
+from cmc.decoding.beam import (
+    MessageNoRepeatNGram,
+    PromptCache,
+    TokenTable,
+    TypedTailConstraint,
+    beam_search,
+)
+from cmc.model import load_model
+from cmc.prompt import build_prompt, eos_token_id, split_typed
+
+
+def hf_beams(model, ids, processors, beams, max_new, eos):
+    with torch.inference_mode():
+        out = model.generate(
+            torch.tensor([ids]), num_beams=beams, num_return_sequences=beams, max_new_tokens=max_new,
+            logits_processor=LogitsProcessorList(processors), eos_token_id=eos, pad_token_id=eos,
+            do_sample=False, length_penalty=1.0, early_stopping=False, output_scores=True,
+            return_dict_in_generate=True,
+        )  # fmt: skip
+    found = []
+    for seq, score in zip(out.sequences, out.sequences_scores):
+        new = seq[len(ids) :].tolist()
+        found.append((new[: new.index(eos)] if eos in new else new, float(score)))
+    return found
+
+
+@pytest.mark.parametrize("typed", ["", "F", "Fix pa", "Fix parser crash on", "Add sup"])
+@pytest.mark.parametrize("diff", ["learned", "other"])
+def test_own_beam_search_equals_generate(tiny_model, typed, diff):
+    lm = load_model(str(tiny_model))
+    text = learned_diff() if diff == "learned" else "docs/x.md\n+ a line about something else"
+    head, tail = split_typed(typed)
+    prompt = build_prompt(lm.tokenizer, text, ["Add tests for the tokenizer"], head, finished=False)
+    ids, eos = prompt.input_ids, eos_token_id(lm.tokenizer)
+    table = TokenTable.of(lm.tokenizer)
+
+    def processors():
+        return [
+            TypedTailConstraint(table, tail, len(ids)),
+            MessageNoRepeatNGram(3, prompt.message_start),
+        ]
+
+    max_new = 12 + len(tail.encode())
+    ours = beam_search(
+        lm.model, ids, prompt.message_start, processors(), 5, max_new, eos, PromptCache()
+    )
+    theirs = hf_beams(lm.model, ids, processors(), 5, max_new, eos)
+    assert [t for t, _ in ours[:5]] == [t for t, _ in theirs]
+    assert [s for _, s in ours[:5]] == pytest.approx([s for _, s in theirs], abs=1e-4)
+    if diff == "learned" and LEARNED_MESSAGE.startswith(typed):
+        assert eos not in ours[0][0] and lm.tokenizer.decode(ours[0][0])  # ended on its own

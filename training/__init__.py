@@ -1,1 +1,0 @@
-"""Training side of cmc: data from git repositories, tokenizer, trainer, checkpoints, evaluation."""
