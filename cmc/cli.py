@@ -56,18 +56,47 @@ def main() -> None:
 )
 @click.option("--out", type=click.Path(dir_okay=False), help="With --batch: JSONL results out.")
 @click.option(
+    "--skip-invalid",
+    is_flag=True,
+    help="With --batch: skip bad rows (counted) instead of stopping.",
+)
+@click.option(
     "--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width."
 )
-@click.option("--max-new-tokens", default=24, show_default=True, type=click.IntRange(1, 512))
+@click.option(
+    "--max-new-tokens",
+    default=24,
+    show_default=True,
+    type=click.IntRange(1, 512),
+    help="Most tokens the model adds.",
+)
 def complete(
-    repo, prefix, message_file, num, as_json, model, no_history, batch, out, beams, max_new_tokens
+    repo,
+    prefix,
+    message_file,
+    num,
+    as_json,
+    model,
+    no_history,
+    batch,
+    out,
+    skip_invalid,
+    beams,
+    max_new_tokens,
 ):
     """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
     from cmc.decoding import DecodeSettings
 
     decode = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens, num_candidates=num)
     if batch:
-        _complete_batch(batch, out, model, not no_history, decode)
+        from cmc.batch import run_batch
+        from cmc.settings import resolve_model
+
+        written, skipped = run_batch(
+            batch, out, resolve_model(model, None, None), not no_history, decode, skip_invalid
+        )
+        note = f", {skipped} invalid rows skipped" if skipped else ""
+        click.echo(f"{written} rows completed → {out}{note}", err=True)
         return
     if prefix is not None and message_file:
         raise CmcError("give --prefix or --message-file, not both")
@@ -95,22 +124,6 @@ def complete(
         click.echo(result.candidates[0].message)
     else:
         raise CmcError("the model produced no message")
-
-
-def _complete_batch(batch: str, out: str | None, model: str | None, history: bool, decode) -> None:
-    from cmc.complete import complete_rows, read_jsonl
-    from cmc.model import load_model
-    from cmc.settings import resolve_model
-
-    if not out:
-        raise CmcError("--batch needs --out FILE")
-    lm = load_model(resolve_model(model, None, None))
-    count = 0
-    with open(out, "w", encoding="utf-8") as f:
-        for record in complete_rows(lm, read_jsonl(batch), history, decode):
-            f.write(json.dumps(record) + "\n")
-            count += 1
-    click.echo(f"{count} rows completed → {out}", err=True)
 
 
 @main.group()

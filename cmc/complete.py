@@ -7,7 +7,6 @@ The hook, `cmc complete`, `cmc complete --batch` (evaluation) and the editor ser
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -110,16 +109,3 @@ def complete_rows(
             "candidates": [c.continuation for c in result.candidates],
             "latency_ms": round(result.latency_ms, 1),
         }
-
-
-def read_jsonl(path: str) -> Iterable[dict]:
-    from cmc import CmcError
-
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CmcError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from exc

@@ -165,3 +165,100 @@ def test_help_and_disabled_hook_do_not_import_torch(tmp_path: Path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+BAD_ROWS = [
+    ('{"mods": "not a list", "prefix": ""}', "mods must be a list"),
+    ("[1, 2]", "a row must be a JSON object"),
+    ("42", "a row must be a JSON object"),
+    ('{"diff": "x", "prefix": 7}', "prefix must be a string"),
+    ('{"diff": 5}', "diff must be a string"),
+    ('{"prefix": "Fix"}', "a row needs mods"),
+    ('{"diff": "x", "history": "one string"}', "history must be a list of strings"),
+    ('{"mods": [{"diff": 3}]}', "mods[0].diff must be a string"),
+]
+
+
+@pytest.mark.parametrize("line, reason", BAD_ROWS)
+def test_each_bad_batch_row_is_one_line_before_the_model_loads(
+    tmp_path: Path, line: str, reason: str
+):
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"diff": "fine"}\n' + line + "\n")
+    # A model path that does not exist: the row check must answer first.
+    out = _run_cmc("complete", "--model", str(tmp_path / "nope"), "--batch", str(src), "--out",
+                   str(tmp_path / "o.jsonl"), cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 1
+    assert out.stderr.strip().count("\n") == 0, out.stderr
+    assert f"in.jsonl:2: {reason}" in out.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_batch_bad_paths_and_bytes_lose_nothing(tmp_path: Path, tiny_model: Path):
+    src = tmp_path / "in.jsonl"
+    good = json.dumps({"id": "g", "diff": learned_diff(), "prefix": "Fix pa"}) + "\n"
+    src.write_bytes(good.encode() + b'{"diff": "caf\xe9"}\n' + good.encode())
+    before = src.read_bytes()
+    same = _run_cmc(
+        "complete", "--model", str(tiny_model), "--batch", str(src), "--out", str(src), cwd=tmp_path
+    )
+    assert same.returncode == 1 and "is the input file" in same.stderr
+    assert src.read_bytes() == before
+    missing = _run_cmc("complete", "--model", str(tiny_model), "--batch", str(src), "--out",
+                       str(tmp_path / "no" / "o.jsonl"), cwd=tmp_path)  # fmt: skip
+    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    utf8 = _run_cmc(
+        "complete",
+        "--model",
+        str(tiny_model),
+        "--batch",
+        str(src),
+        "--out",
+        str(tmp_path / "o"),
+        cwd=tmp_path,
+    )
+    assert utf8.returncode == 1 and "in.jsonl:2: not UTF-8" in utf8.stderr
+    dst = tmp_path / "o.jsonl"
+    dst.write_text("previous results\n")
+    if Path("/dev/full").exists():
+        full = _run_cmc("complete", "--model", str(tiny_model), "--batch", str(src), "--out", "/dev/full",
+                        "--skip-invalid", cwd=tmp_path)  # fmt: skip
+        assert full.returncode == 1 and full.stderr.strip().count("\n") == 0
+        assert "No space left on device" in full.stderr
+    skipped = _run_cmc("complete", "--model", str(tiny_model), "--batch", str(src), "--out", str(dst),
+                       "--skip-invalid", cwd=tmp_path)  # fmt: skip
+    assert skipped.returncode == 0, skipped.stderr
+    assert "2 rows completed" in skipped.stderr and "1 invalid rows skipped" in skipped.stderr
+    got = [json.loads(line) for line in dst.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["g", "g"] and "Fix pa" + got[0][
+        "continuation"
+    ] == LEARNED_MESSAGE
+
+
+def test_corrupt_or_pickled_weights_are_one_line(tmp_path: Path, tiny_model: Path):
+    import shutil
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_model, corrupt)
+    weights = next(corrupt.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:200])
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_model, pickled)
+    next(pickled.glob("*.safetensors")).rename(pickled / "pytorch_model.bin")
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"diff": "x"}) + "\n")
+    for model in (corrupt, pickled):
+        out = _run_cmc(
+            "complete",
+            "--model",
+            str(model),
+            "--batch",
+            str(src),
+            "--out",
+            str(tmp_path / "o"),
+            cwd=tmp_path,
+        )
+        assert out.returncode == 1, out.stderr
+        assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith(
+            "cmc: error: cannot load model"
+        )
