@@ -39,3 +39,19 @@ def safe_cwd(folder: str | os.PathLike) -> str:
     path = Path(folder)
     path.mkdir(parents=True, exist_ok=True)
     return str(path)
+
+
+def die_with_parent(sig: int = 15) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux; else nothing).
+
+    A training worker whose launcher was killed must stop (cleanly, on SIGTERM) rather than train
+    on unseen, writing into a run folder someone may start again.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

@@ -106,3 +106,54 @@ def test_no_model_is_a_clear_error(tmp_path: Path):
     )
     assert result.returncode == 1
     assert "cmc: error:" in result.stderr.strip().splitlines()[-1]
+
+
+def run_processes(marker: str) -> list[int]:
+    """Pids whose command line mentions ``marker`` (torchrun and its workers)."""
+    found = []
+    for pid_dir in Path("/proc").iterdir():
+        if pid_dir.name.isdigit() and int(pid_dir.name) != os.getpid():
+            try:
+                if marker in (pid_dir / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(pid_dir.name))
+            except OSError:
+                continue
+    return found
+
+
+@pytest.mark.slow
+def test_one_run_per_folder_and_workers_die_with_cmc_train(tmp_path: Path, tiny_model: Path):
+    repo = history_repo(tmp_path / "repo", 40)
+    run_dir = tmp_path / "the-run"
+    cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "400", "--save-every", "2",
+           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "4", "--out", str(run_dir)]  # fmt: skip
+    env = cmc_env({"OMP_NUM_THREADS": "1"})
+    first = subprocess.Popen(
+        cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 240
+        while not list((run_dir / "run" / "checkpoints").glob("step-*/trainer.json")):
+            assert first.poll() is None, first.communicate()[1][-2000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        second = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 1
+        assert (
+            second.stderr.strip()
+            .splitlines()[-1]
+            .startswith("cmc: error: another cmc train is running")
+        )
+        workers = run_processes(str(run_dir / "run"))
+        assert workers, "no torchrun worker found"
+        first.kill()  # SIGKILL to `cmc train` alone, not its process group
+        first.wait(timeout=30)
+        deadline = time.time() + 120
+        while run_processes(str(run_dir / "run")):
+            assert time.time() < deadline, "torchrun or its workers outlived cmc train"
+            time.sleep(0.2)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        for pid in run_processes(str(run_dir / "run")):
+            os.kill(pid, signal.SIGKILL)

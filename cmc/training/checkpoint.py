@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -52,6 +53,15 @@ def _rank() -> int:
 def _barrier() -> None:
     if _is_dist():
         dist.barrier()
+
+
+def out_of_space(exc: BaseException | None) -> bool:
+    """Whether an error (or one it was raised from) is ENOSPC (DCP wraps the ranks' errors)."""
+    while exc is not None:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class TrainState(Stateful):
@@ -170,8 +180,7 @@ class CheckpointManager:
         try:
             dcp.save(sd, checkpoint_id=str(folder))
         except SAVE_ERRORS as exc:
-            self._discard(folder, exc)
-            raise OSError(f"checkpoint {folder.name} not saved") from exc
+            raise self._discard(folder, exc) from exc
         _test_pause()
         self._finish(folder, info)
         return SaveHandle(folder, info)
@@ -184,8 +193,7 @@ class CheckpointManager:
         try:
             handle.wait()
         except SAVE_ERRORS as exc:
-            self._discard(handle.folder, exc)
-            raise OSError(f"checkpoint {handle.folder.name} not saved") from exc
+            raise self._discard(handle.folder, exc) from exc
         self._finish(handle.folder, handle.info)
 
     def _cpu_stager(self):
@@ -214,13 +222,32 @@ class CheckpointManager:
                 shutil.rmtree(old, ignore_errors=True)
         _barrier()
 
-    def _discard(self, folder: Path, exc: Exception) -> None:
+    def _discard(self, folder: Path, exc: Exception) -> OSError:
+        """Remove a failed save; the error to raise (errno ENOSPC when the disk is full)."""
+        full = out_of_space(exc) or self._short_of_space(folder)
         if _rank() == 0:
-            print(
-                f"checkpoint {folder.name} failed ({exc}); the previous one stays valid",
-                file=sys.stderr,
-            )
             shutil.rmtree(folder, ignore_errors=True)
+            if not full:  # out of space is the caller's to say, once
+                print(
+                    f"checkpoint {folder.name} failed ({exc}); the previous one stays valid",
+                    file=sys.stderr,
+                )
+        if full:
+            return OSError(errno.ENOSPC, f"no space left on device for checkpoint {folder.name}")
+        return OSError(f"checkpoint {folder.name} not saved")
+
+    def _short_of_space(self, failed: Path) -> bool:
+        """The serializer often hides ENOSPC behind its own error: is there room for another
+        checkpoint as large as the newest one?"""
+        found = step_dirs(self.root)
+        if not found:
+            return False
+        newest = sum(f.stat().st_size for f in found[-1][1].iterdir() if f.is_file())
+        try:
+            partial = sum(f.stat().st_size for f in failed.iterdir() if f.is_file())
+        except OSError:
+            partial = 0
+        return shutil.disk_usage(self.root).free + partial < newest
 
     def load_latest(self, state: TrainState) -> Path | None:
         """Load the newest checkpoint that loads, saying so when one has to be skipped.

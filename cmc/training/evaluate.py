@@ -13,6 +13,7 @@ smoothing, lowercased, punctuation split), EditSim (normalized Levenshtein simil
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Iterable
@@ -204,7 +205,9 @@ def run_eval(
                 key = f"{'history' if use_history else 'no_history'}@{ratio:g}"
                 results["scores"][key] = score(preds, targets)
     results["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "metrics.json").write_text(json.dumps(results, indent=2))
+    tmp = out / "metrics.json.tmp"  # atomically: a half-written metrics.json would be read as done
+    tmp.write_text(json.dumps(results, indent=2))
+    os.replace(tmp, out / "metrics.json")
     plot(results, out / "metrics.png")
     return results
 

@@ -47,7 +47,7 @@ def prepare_data(opts: TrainOptions, out: Path) -> Path:
     if opts.data:
         return Path(opts.data)
     processed = out / "data"
-    if (processed / "dataset" / "dataset_dict.json").exists():
+    if (processed / "funnel.json").exists():  # written last: the dataset is complete
         return processed
     from cmc.training.mine import mine_repository
     from cmc.training.process import load_raw, process_rows, save_processed
@@ -79,7 +79,7 @@ def tokenize(data: Path, base: str, out: Path) -> Path:
         )
     budget = read_budget(base) if Path(base).exists() else None
     for split in ("train", "validation"):
-        if split in dd and not (tokens / f"{split}.index.npy").exists():
+        if split in dd and not (tokens / f"{split}.meta.json").exists():  # written last
             kwargs = {"budget": budget} if budget else {}
             pretokenize_split(dd[split], base, tokens, split, **kwargs)
     return tokens
@@ -97,7 +97,7 @@ def score_model(model: str, data: Path, out: Path, limit: int) -> dict:
 
 def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
     """torchrun in a child; Ctrl-C / SIGTERM reach it (same process group) and we wait for its clean stop."""
-    from cmc.spawn import python_argv, safe_cwd, safe_env
+    from cmc.spawn import die_with_parent, python_argv, safe_cwd, safe_env
 
     config = replace(opts.train, data=str(tokens), out=str(run), base=base, config=None)
     cmd = python_argv("torch.distributed.run", "--standalone", f"--nproc-per-node={opts.nproc}")
@@ -108,7 +108,8 @@ def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
             "OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // opts.nproc))
         ),
     }
-    proc = subprocess.Popen(cmd, env=env, cwd=safe_cwd(run))
+    # torchrun stops its workers when it gets SIGTERM; it gets one when `cmc train` dies.
+    proc = subprocess.Popen(cmd, env=env, cwd=safe_cwd(run), preexec_fn=die_with_parent)
     interrupted = []
 
     def forward(signum, frame):
@@ -123,6 +124,22 @@ def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def hold_run_lock(out: Path):
+    """An exclusive lock on the run folder for the life of this process: two `cmc train` runs in
+    one folder would write the same checkpoints."""
+    import fcntl
+
+    f = open(out / "lock", "a+")  # noqa: SIM115 (kept open: the lock lives as long as the file)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise CmcError(
+            f"another cmc train is running in {out}; wait for it or stop it first"
+        ) from None
+    return f
 
 
 def finished_step(run: Path) -> int:
@@ -147,6 +164,7 @@ def personalize(opts: TrainOptions) -> dict:
     if out is None:
         raise CmcError("--out is needed with --data outside a repository")
     out.mkdir(parents=True, exist_ok=True)
+    lock = hold_run_lock(out)  # noqa: F841 (held until this process ends)
     base = opts.base or (
         json.loads((out / "base.json").read_text())["base"]
         if (out / "base.json").exists()

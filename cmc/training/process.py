@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 from collections import Counter, defaultdict
@@ -390,6 +391,9 @@ def save_processed(
         dd[split].to_parquet(str(out / "parquet" / f"{split}.parquet"))
     DatasetDict(dd).save_to_disk(str(out / "dataset"))
     final = {s: len(r) for s, r in per_split.items()}
-    (out / "funnel.json").write_text(json.dumps(funnel.as_dict(final), indent=2))
+    # Written last, atomically: its presence says the dataset is complete (a crash before it is redone).
+    tmp = out / "funnel.json.tmp"
+    tmp.write_text(json.dumps(funnel.as_dict(final), indent=2))
+    os.replace(tmp, out / "funnel.json")
     (out / "funnel.txt").write_text(funnel.table(final) + "\n")
     return final

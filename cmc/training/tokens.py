@@ -9,6 +9,7 @@ and free of any tokenizer at training time, so it travels to a GPU machine as is
 from __future__ import annotations
 
 import json
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -117,7 +118,10 @@ def pretokenize_split(
     bar.close()
     np.save(out / f"{split}.index.npy", index)
     meta = {"examples": n, "tokens": int(offset), "budget": asdict(budget)}
-    (out / f"{split}.meta.json").write_text(json.dumps(meta))
+    # Written last, atomically: its presence says the split is complete (a crash before it is redone).
+    tmp = out / f"{split}.meta.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, out / f"{split}.meta.json")
     return meta
 
 

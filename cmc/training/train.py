@@ -28,7 +28,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from cmc.training.checkpoint import CheckpointManager, TrainState, UnloadableCheckpoints
+from cmc.training.checkpoint import (
+    CheckpointManager,
+    TrainState,
+    UnloadableCheckpoints,
+    out_of_space,
+)
 from cmc.training.config import TrainConfig, resume_conflicts
 from cmc.training.sampler import GlobalOrder
 from cmc.training.tokens import TokenDataset
@@ -256,10 +261,17 @@ def trim_metrics(path: Path, step: int) -> None:
     path.write_text("".join(ln + "\n" for ln in kept))
 
 
+class DiskFull(Exception):
+    """A checkpoint could not be written for lack of space: training on would only lose work."""
+
+
 class Trainer:
     """One training run: `build` (in __init__), `step`, `validate`, `save`; `run` loops them."""
 
     def __init__(self, cfg: TrainConfig):
+        from cmc.spawn import die_with_parent
+
+        die_with_parent()  # SIGTERM when torchrun goes: a clean stop, not an orphan training on
         self.cfg = cfg
         self.rank, self.world, self.device = setup_distributed()
         self.out = Path(cfg.out)
@@ -370,8 +382,9 @@ class Trainer:
         }
         try:
             self.ckpt.save(self.state, info)
-        except OSError:
-            pass  # reported by the manager; the previous checkpoint stays valid
+        except OSError as exc:  # reported by the manager; the previous checkpoint stays valid
+            if out_of_space(exc):
+                raise DiskFull from exc
 
     def run(self) -> int:
         cfg, state, rank = self.cfg, self.state, self.rank
@@ -428,7 +441,17 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return Trainer(TrainConfig.from_argv(argv)).run()
+    trainer = Trainer(TrainConfig.from_argv(argv))
+    try:
+        return trainer.run()
+    except DiskFull:
+        if trainer.rank == 0:
+            print(
+                f"no space left on device in {trainer.out}: stopped at step {trainer.state.step}; "
+                "the previous checkpoint is kept: free space and run the same command to resume",
+                file=sys.stderr,
+            )
+        return 28
 
 
 if __name__ == "__main__":
