@@ -126,6 +126,52 @@ def complete(
         raise CmcError("the model produced no message")
 
 
+@main.command()
+@click.option(
+    "--repo", default=".", show_default=True, help="Repository whose staged change is used."
+)
+@click.option("--prefix", default="", help="Typed start of the message, as the hook would see it.")
+@click.option("--model", default=None, help="Model whose tokenizer and budget apply.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option(
+    "--full", is_flag=True, help="The whole masked context, without the token budget's cut."
+)
+def prompt(repo, prefix, model, as_json, full):
+    """Print exactly what the model would receive for the staged change (to audit it)."""
+    from cmc.complete import context_from_repo
+    from cmc.gitctx import GitRepo
+    from cmc.settings import NO_MODEL_HELP, Settings
+
+    git_repo = GitRepo(repo)
+    settings = Settings.load(git_repo.cwd, git_repo.common_dir, model)
+    context = context_from_repo(git_repo, settings)
+    if full:
+        data = {"diff": context.diff, "history": context.history}
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+        else:
+            click.echo("# diff (processed, secrets masked)\n" + context.diff)
+            click.echo("\n# history (oldest first)\n" + "\n".join(context.history))
+        return
+    if not settings.model:
+        raise CmcError(NO_MODEL_HELP)
+    from cmc.model import load_tokenizer
+    from cmc.prompt import build_prompt, split_typed
+
+    tokenizer, budget = load_tokenizer(settings.model)
+    head, tail = split_typed(prefix)
+    built = build_prompt(
+        tokenizer, context.diff, context.history, head, finished=False, budget=budget
+    )
+    text = tokenizer.decode(built.input_ids, skip_special_tokens=False)
+    if as_json:
+        click.echo(json.dumps({"model": settings.model, "tokens": len(built.input_ids),
+                               "history_used": built.history_used, "regenerated_tail": tail,
+                               "text": text}, indent=2))  # fmt: skip
+    else:
+        click.echo(text)
+
+
 @main.group()
 def hook() -> None:
     """Install, remove or inspect the prepare-commit-msg hook."""

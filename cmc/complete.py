@@ -79,9 +79,16 @@ def context_from_row(row: dict, use_history: bool = True) -> Context:
 
 
 def complete_context(
-    lm: Any, context: Context, typed: str, settings: DecodeSettings | None = None, cache: Any = None
+    lm: Any,
+    context: Context,
+    typed: str,
+    settings: DecodeSettings | None = None,
+    cache: Any = None,
+    cancelled: Any = None,
 ) -> Completion:
-    """Up to ``settings.num_candidates`` distinct completions of ``typed`` for this context."""
+    """Up to ``settings.num_candidates`` distinct completions of ``typed`` for this context.
+
+    ``cancelled()`` is asked between decoding steps; True abandons the work (`Cancelled`)."""
     from cmc.decoding.beam import generate_candidates
 
     settings = settings or DecodeSettings()
@@ -90,7 +97,9 @@ def complete_context(
     prompt = build_prompt(
         lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget
     )
-    candidates = generate_candidates(lm.model, lm.tokenizer, prompt, typed, settings, cache)
+    candidates = generate_candidates(
+        lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled
+    )
     return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
 
 

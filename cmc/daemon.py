@@ -13,8 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+import select
 import socket
 import socketserver
 import stat
@@ -23,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +181,49 @@ def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: flo
 
     if not settings.model:
         raise CmcError(NO_MODEL_HELP)
-    request = CompleteRequest(str(repo.cwd.resolve()), typed, settings, decode)
-    result = complete_with_daemon(request, start=settings.daemon, timeout=timeout)
+    started = time.monotonic()
+    wait_s = min(max(timeout, 0.1), 600.0)
+    request = CompleteRequest(str(repo.cwd.resolve()), typed, settings, decode, wait_s=wait_s)
+    result = complete_with_daemon(request, start=settings.daemon, timeout=wait_s)
     if result is not None:
         return result
-    return complete_context(
-        load_model(settings.model), context_from_repo(repo, settings), typed, decode
-    )
+    with fallback_slot(request, started + timeout) as served:
+        if served is not None:
+            return served
+        return complete_context(
+            load_model(settings.model), context_from_repo(repo, settings), typed, decode
+        )
+
+
+@contextlib.contextmanager
+def fallback_slot(request: CompleteRequest, deadline: float):
+    """At most one in-process completion per user at a time: twenty clients that find no daemon
+    must not load twenty models. The others wait, asking the daemon (which the first one started)
+    meanwhile; they yield its answer, or None once they hold the slot themselves."""
+    path = socket_path()
+    if path is None or os.environ.get("CMC_NO_DAEMON") == "1":
+        yield None
+        return
+    fd = os.open(path.parent / "fallback.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CmcError("busy: another cmc process is loading the model")
+            if ping() is not None:
+                served = remote_complete(replace(request, wait_s=min(remaining, 600.0)), remaining)
+                if served is not None:
+                    yield served
+                    return
+            time.sleep(0.2)
+        yield None
+    finally:
+        os.close(fd)
 
 
 # --- server ---------------------------------------------------------------------------------------
@@ -192,6 +232,15 @@ def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: flo
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _client_gone(conn: socket.socket) -> bool:
+    """Whether the peer closed its end (a hook that timed out): its work is for nobody."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
 
 
 class _Handler(socketserver.StreamRequestHandler):
@@ -209,7 +258,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 reply = {"ok": False, "error": f"request line over {MAX_LINE_BYTES} bytes"}
             else:
                 try:
-                    reply = server.answer(json.loads(raw))
+                    reply = server.answer(json.loads(raw), lambda: _client_gone(self.request))
                 except Exception as exc:  # a bad request must not take the daemon down
                     reply = {"ok": False, "error": _one_line(exc)}
             reply["version"] = __version__
@@ -247,7 +296,7 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         uid = _peer_uid(conn)
         return uid is None or uid == os.getuid()
 
-    def answer(self, req: Any) -> dict:
+    def answer(self, req: Any, cancelled: Any = None) -> dict:
         op = req.get("op") if isinstance(req, dict) else None
         if op == "ping":
             return {"ok": True, "pid": os.getpid()}
@@ -260,7 +309,7 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         delay = float(os.environ.get("CMC_TEST_DAEMON_DELAY", "0") or 0)
         if delay:  # tests kill the daemon while a request is in flight
             time.sleep(delay)
-        result, reused = self.service.complete(request)
+        result, reused = self.service.complete(request, cancelled)
         return {"ok": True, "result": result.to_json(), "reused_tokens": reused}
 
     def watch_idle(self) -> None:

@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from cmc.secrets import mask_secrets
+
 _WS = re.compile(r"\s+")
 _C_ESCAPES = {"n": "\n", "t": "\t", '"': '"', "\\": "\\", "a": "\a", "b": "\b", "f": "\f"}
 
@@ -201,6 +203,6 @@ def process_diff(mods: Iterable[Mod | dict]) -> str:
     parts = []
     for mod in mods:
         diff = mod.get("diff") if isinstance(mod, dict) else mod.diff
-        body = process_file_diff(diff or "")
+        body = process_file_diff(mask_secrets(diff or ""))
         parts.append(file_header(mod) + ("\n" + body if body else ""))
     return "\n".join(parts)

@@ -52,49 +52,6 @@ DEFAULT_EXCLUDES = (
     "*.svg",
 )
 
-SECRET_MASK = "[secret]"
-_SECRET_PATTERNS = [
-    # Tokens with well-known shapes.
-    re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"),
-    re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),
-    re.compile(r"\bgithub_pat_[A-Za-z0-9_]{30,}\b"),
-    re.compile(r"\bglpat-[A-Za-z0-9_-]{20,}\b"),
-    re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b"),
-    re.compile(r"\bsk-(?:proj-|live-|test-)?[A-Za-z0-9_-]{20,}\b"),
-    re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"),
-    re.compile(r"\beyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\b"),
-]
-# name = "value" / name: value, for names that say the value is a secret.
-_SECRET_ASSIGN = re.compile(
-    r"""(?P<key>[\w.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"""
-    r"""private[_-]?key|client[_-]?secret|auth)[\w.-]*["']?\s*(?::=|=>|=|:)\s*)"""
-    r"""(?P<value>"[^"\n]{3,}"|'[^'\n]{3,}'|[^\s,;'"]{6,})""",
-    re.IGNORECASE,
-)
-_PRIVATE_KEY_BEGIN = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY( BLOCK)?-----")
-_PRIVATE_KEY_END = re.compile(r"-----END [A-Z ]*PRIVATE KEY( BLOCK)?-----")
-
-
-def mask_secrets(diff: str) -> str:
-    """Replace what looks like a credential in diff lines with a placeholder."""
-    out, in_key = [], False
-    for line in diff.split("\n"):
-        marker, body = (line[:1], line[1:]) if line[:1] in "+- " else ("", line)
-        if in_key:
-            if _PRIVATE_KEY_END.search(body):
-                in_key = False
-            continue
-        if _PRIVATE_KEY_BEGIN.search(body):
-            in_key = not _PRIVATE_KEY_END.search(body)
-            out.append(marker + SECRET_MASK)
-            continue
-        for pattern in _SECRET_PATTERNS:
-            body = pattern.sub(SECRET_MASK, body)
-        body = _SECRET_ASSIGN.sub(lambda m: m.group("key") + SECRET_MASK, body)
-        out.append(marker + body)
-    return "\n".join(out)
-
-
 MAX_IGNORE_PATTERNS = 10_000  # of .cmcignore; more is a mistake, and each costs every file a match
 
 
@@ -192,9 +149,17 @@ class GitRepo:
         line even when its content does not fit.
         """
         excl = self.exclusions(exclude)
+        # Credential files (.env, id_rsa, *.pem, …): not even their diff is asked of git.
+        secret_files = self.staged_credential_files()
+        skip = [
+            f":(exclude,literal){p}"
+            for mod in secret_files
+            for p in {mod.old_path, mod.new_path}
+            if p
+        ]
         lines = self._stream(
             "diff", "--cached", "-M", "--no-color", "--no-ext-diff", "--no-textconv",
-            "--submodule=short", "--src-prefix=a/", "--dst-prefix=b/", "--",
+            "--submodule=short", "--src-prefix=a/", "--dst-prefix=b/", "--", ".", *skip,
         )  # fmt: skip
         mods: list[Mod] = []
         used = 0
@@ -203,8 +168,7 @@ class GitRepo:
                 mod.diff, mod.truncated = "", True
             elif mod.diff.startswith(("Binary files ", "GIT binary patch")):
                 mod.diff = ""
-            else:
-                mod.diff = mask_secrets(mod.diff)
+            else:  # secrets are masked by process_diff, the one diff → model text function
                 if used + len(mod.diff) > max_chars:
                     mod.diff, mod.truncated = (
                         keep_hunks(mod.diff, max(0, max_chars - used))[0],
@@ -212,7 +176,42 @@ class GitRepo:
                     )
                 used += len(mod.diff)
             mods.append(mod)
-        return mods
+        return mods + secret_files
+
+    def staged_credential_files(self) -> list[Mod]:
+        """Staged files that hold credentials by their name (`cmc.secrets.CREDENTIAL_FILES`), as
+        mods without content."""
+        from cmc.secrets import is_credential_file
+
+        out = self.git.diff("--cached", "-M", "--name-status", "-z", "--no-ext-diff", "--")
+        fields = out.split("\0")
+        found: list[Mod] = []
+        i = 0
+        kinds = {
+            "A": "ADD",
+            "D": "DELETE",
+            "M": "MODIFY",
+            "T": "MODIFY",
+            "R": "RENAME",
+            "C": "COPY",
+        }
+        while i < len(fields) and fields[i]:
+            status = fields[i]
+            two = status[:1] in "RC"
+            old, new = fields[i + 1], fields[i + 2] if two else fields[i + 1]
+            i += 3 if two else 2
+            if is_credential_file(new) or is_credential_file(old):
+                kind = kinds.get(status[:1], "MODIFY")
+                found.append(
+                    Mod(
+                        kind,
+                        None if kind == "ADD" else old,
+                        None if kind == "DELETE" else new,
+                        "",
+                        True,
+                    )
+                )
+        return found
 
     def author_history(
         self, name: str | None, email: str | None, limit: int = 64, scan: int = 2000

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from cmc.secrets import mask_secrets
+
 TRAILER_KEYS = (
     "signed-off-by",
     "co-authored-by",
@@ -79,7 +81,7 @@ _ORPHAN = re.compile(
 
 def clean_message(message: str) -> str:
     """Strip what CommitChronicle strips from a message; keep its lines otherwise."""
-    text = message.replace("\r\n", "\n").replace("\r", "\n")
+    text = mask_secrets(message.replace("\r\n", "\n").replace("\r", "\n"))
     text = _TRAILER.sub("", text)
     text = _CHERRY.sub("", text)
     text = _URL.sub("", text)

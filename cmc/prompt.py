@@ -41,6 +41,7 @@ SPECIAL_TOKENS = [EOS, DIFF, HISTORY, SEP, MSG]
 # huge diff never reaches the tokenizer whole.
 _CHARS_PER_TOKEN_CAP = 12
 _LAST_WS = re.compile(r"\s+\S*$")
+MAX_TAIL_CHARS = 48  # longest half-typed word healed by constrained decoding
 
 
 @dataclass(frozen=True)
@@ -115,9 +116,10 @@ def split_typed(typed: str) -> tuple[str, str]:
     ('', 'Fi')
     """
     match = _LAST_WS.search(typed)
-    if match is None:
-        return "", typed
-    return typed[: match.start()], typed[match.start() :]
+    head, tail = ("", typed) if match is None else (typed[: match.start()], typed[match.start() :])
+    if len(tail) > MAX_TAIL_CHARS:  # no word is that long: not worth regenerating byte by byte
+        return typed, ""
+    return head, tail
 
 
 def build_prompt(

@@ -25,6 +25,7 @@ class CompleteRequest:
     typed: str
     settings: Settings
     decode: DecodeSettings
+    wait_s: float = 30.0  # how long the client waits: the daemon drops the work after that
 
     def to_json(self) -> dict:
         return {
@@ -34,6 +35,7 @@ class CompleteRequest:
             "typed": self.typed,
             "settings": self.settings.to_json(),
             "decode": self.decode.to_json(),
+            "wait_s": self.wait_s,
         }
 
     @classmethod
@@ -50,9 +52,17 @@ class CompleteRequest:
             raise ValueError("typed must be a string")
         if len(typed) > MAX_TYPED_CHARS:
             raise ValueError(f"typed text over {MAX_TYPED_CHARS} characters")
+        wait_s = data.get("wait_s", 30.0)
+        if (
+            isinstance(wait_s, bool)
+            or not isinstance(wait_s, (int, float))
+            or not 0 < wait_s <= 600
+        ):
+            raise ValueError("wait_s must be a number of seconds in (0, 600]")
         return cls(
             repo,
             typed,
             Settings.from_json(data.get("settings")),
             DecodeSettings.from_json(data.get("decode", {})),
+            float(wait_s),
         )

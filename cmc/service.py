@@ -8,6 +8,7 @@ no git process); with it goes its `PromptCache`, so while the user types, only n
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,15 +79,25 @@ class CompletionService:
         self.repos: OrderedDict[tuple, _RepoEntry] = OrderedDict()
         self.max_repos = max_repos
 
-    def complete(self, request: CompleteRequest) -> tuple[Completion, int]:
+    def complete(self, request: CompleteRequest, cancelled: Any = None) -> tuple[Completion, int]:
         """Completion for a repository's staged change, and how many prompt tokens were reused
-        (-1 when the previous suggestion stood and no model ran)."""
-        from cmc.decoding.beam import PromptCache
+        (-1 when the previous suggestion stood and no model ran).
+
+        Requests queue for the model; one still waiting after ``request.wait_s`` (its client gave
+        up), or whose ``cancelled()`` says so, is dropped rather than computed for nobody."""
+        from cmc.decoding.beam import Cancelled, PromptCache
         from cmc.gitctx import GitRepo
         from cmc.model import load_model
 
         settings, decode = request.settings, request.decode
-        with self.lock:
+        deadline = time.monotonic() + request.wait_s
+
+        def abandoned() -> bool:
+            return time.monotonic() > deadline or (cancelled is not None and cancelled())
+
+        if not self.lock.acquire(timeout=request.wait_s):
+            raise Cancelled(f"busy for {request.wait_s:g}s; request dropped")
+        try:
             repo = GitRepo(request.repo)
             lm = load_model(settings.model)
             key = (str(repo.git_dir), settings)
@@ -103,6 +114,12 @@ class CompletionService:
                 if followed is not None:
                     entry.last = (decode, followed)
                     return followed, -1
-            result = complete_context(lm, entry.context, request.typed, decode, entry.cache)
+            if abandoned():
+                raise Cancelled("the client has gone")
+            result = complete_context(
+                lm, entry.context, request.typed, decode, entry.cache, abandoned
+            )
             entry.last = (decode, result)
             return result, entry.cache.reused_tokens
+        finally:
+            self.lock.release()

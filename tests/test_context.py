@@ -8,7 +8,8 @@ import pytest
 from conftest import commit_file, git, init_repo
 
 from cmc.diffs import Mod, parse_patch, process_diff
-from cmc.gitctx import GitRepo, mask_secrets
+from cmc.gitctx import GitRepo
+from cmc.secrets import mask_secrets
 from cmc.settings import Settings
 
 

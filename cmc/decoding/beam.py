@@ -225,11 +225,13 @@ def beam_search(
     cache: PromptCache | None = None,
     length_penalty: float = 1.0,
     stops: Any = None,
+    cancelled: Any = None,
 ) -> list[tuple[list[int], float]]:
     """Beam search on the model's KV cache; ``beams=1`` is greedy. Returns (tokens, score), best first.
 
     Scores are summed log-probabilities divided by length ** length_penalty (as in transformers).
     ``stops(tokens, token)`` may end a hypothesis on other tokens than ``eos_id`` (without them).
+    ``cancelled()``, checked before each step, abandons the search (`Cancelled`).
     """
     from transformers import DynamicCache
 
@@ -243,6 +245,8 @@ def beam_search(
     finished: list[tuple[list[int], float]] = []
     start = len(prompt_ids)
     for step in range(max_new):
+        if cancelled is not None and cancelled():
+            raise Cancelled("the request was abandoned")
         logp = torch.log_softmax(logits, dim=-1)
         for proc in processors:
             logp = proc(seqs, logp)
@@ -286,6 +290,10 @@ def beam_search(
     return finished
 
 
+class Cancelled(Exception):
+    """A search abandoned because its client has gone or its deadline passed."""
+
+
 def generate_candidates(
     model: Any,
     tokenizer: Any,
@@ -293,6 +301,7 @@ def generate_candidates(
     typed: str,
     settings: DecodeSettings,
     cache: PromptCache | None = None,
+    cancelled: Any = None,
 ) -> list[Candidate]:
     """Up to ``settings.num_candidates`` distinct completions of ``typed``, best first.
 
@@ -319,8 +328,9 @@ def generate_candidates(
             return token in newline and len(table.text(tokens)) >= tail_bytes
 
     hypotheses = beam_search(
-        model, prompt_ids, message_start, processors, beams, max_new, eos_id, cache, stops=stops
-    )
+        model, prompt_ids, message_start, processors, beams, max_new, eos_id, cache, stops=stops,
+        cancelled=cancelled,
+    )  # fmt: skip
     seen: set[str] = set()
     result: list[Candidate] = []
     for new, score in hypotheses:

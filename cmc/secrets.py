@@ -1,0 +1,315 @@
+"""Masking credentials out of every text that reaches the model, and files never to read.
+
+`mask_secrets` is the one masking function: `cmc.diffs.process_diff` (staged diffs and training
+diffs), `cmc.messages.clean_message` (history, file history and training messages) run every text
+through it. Its rules follow the families of gitleaks' default configuration and detect-secrets'
+plugins: tokens with a known shape (cloud, VCS, payment, chat, package registries, …), private key
+blocks, credentials in URLs, ``Authorization`` headers and ``curl -u``, ``name = value`` where the
+name says secret, connection-string fields, and high-entropy base64 strings in quotes or YAML
+values. Look-alikes stay: commit hashes, UUIDs, versions and checksums are hex or plain; long
+base64 blobs (images, fixtures) are data. `tests/test_secrets.py` measures recall and false
+positives on its own corpus; the README has the figures.
+
+`CREDENTIAL_FILES`: paths whose content is never read (their diff is not even requested from git),
+only their names reach the model.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections import Counter
+
+MASK = "[secret]"
+
+# Files that hold credentials by their nature: their content is never read.
+CREDENTIAL_FILES = (
+    ".env", ".env.*", "*.env", ".envrc", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519",
+    "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "*.ppk", "*.kdbx",
+    "credentials.json", "credentials", "client_secret*.json", "service-account*.json",
+    ".netrc", "_netrc", ".pgpass", ".git-credentials", ".htpasswd", ".npmrc", ".pypirc",
+    ".dockercfg", "terraform.tfstate", "terraform.tfstate.backup", "*.tfvars", "secrets.yml",
+    "secrets.yaml", ".secrets", "kubeconfig",
+)  # fmt: skip
+# …but these are templates meant to be committed and read.
+CREDENTIAL_FILE_EXCEPTIONS = (".env.example", ".env.sample", ".env.template", ".env.dist")
+
+_B64 = r"[A-Za-z0-9+/]"
+# (hints, pattern): a pattern runs only on text holding one of its literal hints (a C-speed `in`
+# test), so forty shapes cost about one scan; None: always.
+_KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
+    (
+        ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA"),
+        r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[0-9A-Z]{16}\b",
+    ),  # AWS key id
+    (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub
+    (("github_pat_",), r"\bgithub_pat_[A-Za-z0-9_]{30,}\b"),
+    (
+        (
+            "glpat-",
+            "gldt-",
+            "glrt-",
+            "glptt-",
+            "glft-",
+            "glcbt-",
+            "gloas-",
+            "glimt-",
+            "glagent-",
+            "glsoat-",
+        ),
+        r"\bgl(?:pat|dt|rt|ptt|ft|cbt|oas|imt|agent|soat)-[A-Za-z0-9_-]{20,}\b",
+    ),  # GitLab
+    (("xox",), r"\bxox[abposre]-[A-Za-z0-9-]{10,}\b"),  # Slack tokens
+    (
+        ("hooks.slack.com",),
+        r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,}",
+    ),
+    (
+        ("_live_", "_test_", "_prod_"),
+        r"\b(?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{10,}\b",
+    ),  # Stripe secret / restricted
+    (
+        ("sk-",),
+        r"\bsk-(?:proj-|ant-(?:api|admin)\d\d-|live-|test-|svcacct-)?[A-Za-z0-9_-]{20,}\b",
+    ),  # OpenAI, Anthropic
+    (("AIza",), r"\bAIza[0-9A-Za-z_-]{35}\b"),  # Google API key
+    (("ya29.",), r"\bya29\.[0-9A-Za-z_-]{20,}"),  # Google OAuth access token
+    (("eyJ",), r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),  # JWT
+    (("npm_",), r"\bnpm_[A-Za-z0-9]{36}\b"),  # npm
+    (("pypi-AgE",), r"\bpypi-AgE[A-Za-z0-9_-]{50,}"),  # PyPI
+    (("hf_",), r"\bhf_[A-Za-z]{34}\b"),  # Hugging Face
+    (("SG.",), r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b"),  # SendGrid
+    (("SK",), r"\bSK[0-9a-fA-F]{32}\b"),  # Twilio API key
+    (
+        ("hvs.", "hvb.", "hvr."),
+        r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}",
+    ),  # Vault service/batch/recovery tokens
+    ((":AA",), r"\b\d{8,10}:AA[A-Za-z0-9_-]{33}\b"),  # Telegram bot
+    (None, r"\b[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,38}\b"),  # Discord bot
+    (
+        ("discord",),
+        r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{40,}",
+    ),
+    (("key-",), r"\bkey-[0-9a-z]{32}\b"),  # Mailgun
+    (("AGE-SECRET-KEY-",), r"\bAGE-SECRET-KEY-1[0-9A-Z]{58}\b"),  # age
+    (
+        ("shpat_", "shpca_", "shppa_", "shpss_"),
+        r"\bshp(?:at|ca|pa|ss)_[a-fA-F0-9]{32}\b",
+    ),  # Shopify
+    (("_v1_",), r"\bdo[por]_v1_[a-f0-9]{64}\b"),  # DigitalOcean
+    (("dp.",), r"\bdp\.(?:pt|st|sa|ct|scim|audit)\.[A-Za-z0-9]{40,}"),  # Doppler
+    (("lin_",), r"\blin_(?:api|oauth)_[A-Za-z0-9]{40}\b"),  # Linear
+    (("dapi",), r"\bdapi[a-f0-9]{32}(?:-\d)?\b"),  # Databricks
+    (("sq0",), r"\bsq0(?:atp|csp)-[0-9A-Za-z_-]{22,}"),  # Square
+    (("PMAK-",), r"\bPMAK-[a-f0-9]{24}-[a-f0-9]{34}\b"),  # Postman
+    (("glsa_",), r"\bglsa_[A-Za-z0-9]{32}_[A-Fa-f0-9]{8}\b"),  # Grafana service account
+    (("glc_",), r"\bglc_[A-Za-z0-9+/]{32,}={0,2}"),  # Grafana cloud
+    (("NRAK-",), r"\bNRAK-[A-Z0-9]{27}\b"),  # New Relic
+    (("ATATT3",), r"\bATATT3[A-Za-z0-9_=-]{50,}"),  # Atlassian
+    (("sntrys_",), r"\bsntrys_[A-Za-z0-9+/=_-]{40,}"),  # Sentry
+    (("dckr_pat_",), r"\bdckr_pat_[A-Za-z0-9_-]{27,}"),  # Docker Hub
+    (("pscale_",), r"\bpscale_(?:tkn|pw|oauth)_[A-Za-z0-9_.-]{32,}"),  # PlanetScale
+    (("rubygems_",), r"\brubygems_[a-f0-9]{48}\b"),  # RubyGems
+    (("FlWPK",), r"\bFlWPK(?:_TEST)?-[a-h0-9]{32}-X\b"),  # Flutterwave
+    (("EAA",), r"\bEAA[A-Za-z0-9]{100,}"),  # Facebook access token
+    (("r8_", "rnd_"), r"\b(?:r8|rnd)_[A-Za-z0-9]{30,}\b"),  # Replicate, Render
+    (("secret-",), r"\bsecret-[A-Za-z0-9]{32,}\b"),
+    (
+        ("$",),
+        r"\$(?:apr1|2[abxy]|5|6|argon2id?)\$[^\s\"':]{20,}",
+    ),  # password hashes (htpasswd, shadow)
+]
+_KNOWN = [(hints, re.compile(p)) for hints, p in _KNOWN_SHAPES]
+
+# name = "value" / name: value, for names that say the value is a secret.
+_KEYWORDS = (
+    r"password|passwd|passphrase|pass(?![\w.-])|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
+    r"private[_-]?key|client[_-]?secret|auth[_-]?key|key[_-]?data|signing[_-]?key|"
+    r"encryption[_-]?key|master[_-]?key|session[_-]?key|webhook[_-]?url|dsn"
+)
+# Secrets that are a field of something: only the value is masked (named group "s").
+_FIELD_RULES = [
+    # scheme://user:password@host
+    r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@'\"]+:(?P<s>[^\s@/'\"]{3,})@[^\s'\"]",
+    # Authorization: Bearer TOKEN / Basic B64 / Token ..., also in header dicts
+    r"(?i:\b(?:authorization|proxy-authorization)\b[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token|digest|bot)[ \t]+)(?P<s>[A-Za-z0-9._~+/=-]{8,})",
+    r"(?i:\bbearer[ \t]+)(?P<s>[A-Za-z0-9._~+/-]{20,}=*)",
+    # curl -u user:pw / --user user:pw
+    r"\bcurl\b.*?(?:[ \t]-u[ \t]*|--user[ =])[\"']?[^\s:\"']+:(?P<s>[^\s\"']{3,})",
+    # connection strings: Password=…; AccountKey=…; SharedAccessKey=…; sig=… (Azure SAS)
+    r"(?i:\b(?:password|pwd|accountkey|sharedaccesskey|sharedsecret|clientsecret)=)(?P<s>[^;\s\"']{4,})",
+    r"(?i:[?&]sig=)(?P<s>[A-Za-z0-9%+/=]{20,})",
+    # shells that set without "=": fish `set -x NAME value`, csh `setenv NAME value`
+    rf"(?i:\b(?:set[ \t]+-[gxU]+|setenv)[ \t]+\w*(?:{_KEYWORDS})\w*[ \t]+)(?P<s>\S{{6,}})",
+    # XML: <password>SECRET</password>
+    rf"<(?i:[\w:.-]*(?:{_KEYWORDS})[\w.-]*)>(?P<s>[^<\s]{{4,}})</",
+    # .netrc: machine host login user password SECRET
+    r"\b(?:login|machine)[ \t]+\S+[ \t]+password[ \t]+(?P<s>\S{3,})",
+]
+# Literal hints of each field rule (in the lower-cased text): a rule runs only where one appears.
+_FIELD_HINTS = [("://",), ("authorization",), ("bearer",), ("curl",),
+                ("password=", "pwd=", "accountkey=", "sharedaccesskey=", "sharedsecret=", "clientsecret="),
+                ("sig=",), ("set ", "setenv"), ("</",), ("password",)]  # fmt: skip
+_FIELDS = [(h, re.compile(p)) for h, p in zip(_FIELD_HINTS, _FIELD_RULES, strict=True)]
+
+_KEYWORD_HINTS = ("pass", "pwd", "secret", "token", "key", "credential", "dsn", "webhook")
+_ASSIGN = re.compile(
+    rf"""(?P<key>(?<![\w.-])[\w.-]*(?i:{_KEYWORDS})[\w.-]*["'\]]{{0,2}}[ \t]*(?::=|=>|=(?!=)|:(?!:))[ \t]*)"""
+    r"""(?P<value>"[^"\n]{3,}"|'[^'\n]{3,}'|`[^`\n]{3,}`|[^\s,;'"`)\]}]{6,})""",
+)
+# values that only look assigned: code, placeholders, references
+_NOT_A_VALUE = re.compile(
+    r"""^["'`]?(?:[$@&(\[{:%].*|.*\(.*|[~^<>=v]*\d+(?:\.\d+)+\S*|\w+:|\{\{.*\}\}|<[^>]*>|\*+|x{3,}|\.\.\.|changeme|example|"""
+    r"""dummy|placeholder|your[_-]\w+|none|null|nil|true|false|undefined|""|''|os\.environ.*|"""
+    r"""env\[.*|process\.env.*|getenv.*|self\.\w+|this\.\w+|[\w.]+\(.*|\w+\.\w+(?:\.\w+)*|[\w.]+\[.*|"""
+    r"""[a-z_]+|[a-z]+(?:[A-Z][a-z]+)+)["'`]?,?$""",
+    re.IGNORECASE,
+)
+# Key names about a secret rather than holding one (its id, label, length, where it lives, …).
+_PUBLIC = re.compile(
+    r"public|_?id\b|Id\b|name|url|uri|endpoint|path|file|dir\b|type|kind|mode|len|size|count|"
+    r"limit|timeout|expir|label|title|text|message|placeholder|description|prefix|suffix|format|"
+    r"pattern|regex|header|field|param|column|table|command|cmd|hash|policy|rotation|stream|"
+    r"tokens?[\"']?\s*:\s*[\"']?\^",
+    re.I,
+)
+_CHECKSUM_KEY = re.compile(
+    r"(?:hash|checksum|digest|integrity|sha\d*|etag|_id|Id|nonce|salt)\W*$", re.I
+)
+_QUOTED = re.compile(r"""(["'`])(?P<s>[A-Za-z0-9+/_=-]{32,120})\1""")
+_YAML_VALUE = re.compile(r"^[+ -]?[ \t]*[-\w.]+:[ \t]+(?P<s>[A-Za-z0-9+/]{16,}={0,2})[ \t]*$", re.M)
+_PEM_BEGIN = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+_PEM_END = re.compile(r"-----END [A-Z0-9 ]*PRIVATE KEY( BLOCK)?-----")
+_PUTTY_BEGIN = re.compile(r"^PuTTY-User-Key-File-\d+:")
+_PUTTY_END = re.compile(r"^Private-MAC:")
+
+
+def is_credential_file(path: str | None) -> bool:
+    """Whether ``path`` names a file that holds credentials (its content is never read)."""
+    import fnmatch
+
+    if not path:
+        return False
+    name = path.rsplit("/", 1)[-1]
+    if name in CREDENTIAL_FILE_EXCEPTIONS:
+        return False
+    return any(fnmatch.fnmatchcase(name, p) for p in CREDENTIAL_FILES) or path.endswith(
+        ".kube/config"
+    )
+
+
+def shannon_entropy(text: str) -> float:
+    counts = Counter(text)
+    n = len(text)
+    return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+
+def _decodes_to_key(value: str) -> bool:
+    try:
+        raw = base64.b64decode(value + "=" * (-len(value) % 4), validate=False)
+    except (binascii.Error, ValueError):
+        return False
+    return raw.startswith(b"-----BEGIN") and b"PRIVATE KEY" in raw[:80]
+
+
+def _encoded_secret(value: str) -> bool:
+    """Base64 of a password-like string (Kubernetes secrets' data): printable, no spaces, mixed."""
+    if len(value) < 16 or len(value) % 4:
+        return False
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    if len(raw) < 8 or not all(33 <= b < 127 for b in raw):
+        return False
+    text = raw.decode()
+    return sum(bool(re.search(p, text)) for p in ("[a-z]", "[A-Z]", "[0-9]", r"[^\w]")) >= 2
+
+
+def _high_entropy(value: str) -> bool:
+    """A random-looking base64 string (detect-secrets' limit 4.5 bits), not a word, hex or UUID."""
+    if _decodes_to_key(value) or _encoded_secret(value):
+        return True
+    if len(value) > 120 or re.fullmatch(r"[0-9a-fA-F-]+", value) or re.match(r"sha\d+-", value):
+        return False  # long blobs are data; hex and SRI strings are hashes, ids and checksums
+    classes = sum(bool(re.search(p, value)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+    return classes == 3 and shannon_entropy(value) >= 4.5
+
+
+def _mask_field(m: re.Match) -> str:
+    value = m.group("s")
+    if MASK in value or _NOT_A_VALUE.match(value):
+        return m.group(0)
+    return m.group(0).replace(value, MASK)
+
+
+def _mask_text(line: str) -> str:
+    """Every rule but the key blocks, over the whole text at once (the regex engine scans it in C)."""
+    for hints, rule in _KNOWN:
+        if hints is None or any(h in line for h in hints):
+            line = rule.sub(MASK, line)
+    low = line.lower()
+    for hints, rule in _FIELDS:
+        if any(h in low for h in hints):
+            line = rule.sub(_mask_field, line)
+
+    def assign(m: re.Match) -> str:
+        value = m.group("value")
+        if "[secret" in m.group(0) or _NOT_A_VALUE.match(value) or _PUBLIC.search(m.group("key")):
+            return m.group(0)
+        quote = value[0] if value[0] in "\"'`" else ""
+        return m.group("key") + quote + MASK + quote
+
+    if any(k in low for k in _KEYWORD_HINTS):  # only lines naming a secret go through this rule
+        parts = line.split("\n")
+        for i, part in enumerate(parts):
+            lowered = part.lower()
+            if any(k in lowered for k in _KEYWORD_HINTS):
+                parts[i] = _ASSIGN.sub(assign, part)
+        line = "\n".join(parts)
+
+    def entropic(m: re.Match) -> str:
+        value = m.group("s")
+        if _CHECKSUM_KEY.search(m.string[max(0, m.start() - 40) : m.start()]):
+            return m.group(0)  # a hash or an id, named as such
+        return m.group(0).replace(value, MASK) if _high_entropy(value) else m.group(0)
+
+    line = _QUOTED.sub(entropic, line)
+    return _YAML_VALUE.sub(entropic, line)
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with whatever looks like a credential replaced by ``[secret]``.
+
+    Works on diffs (a leading ``+``/``-``/space marker is kept) and on plain text alike; a private
+    key block becomes one masked line.
+    """
+    if not text:
+        return text
+    if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
+        text = _mask_key_blocks(text)
+    return _mask_text(text)
+
+
+def _mask_key_blocks(text: str) -> str:
+    out: list[str] = []
+    in_block: re.Pattern | None = None
+    for line in text.split("\n"):
+        marker = line[:1] if line[:1] in ("+", "-", " ") else ""
+        if in_block is not None:
+            if in_block.search(line):
+                in_block = None
+            continue
+        begin = _PEM_BEGIN.search(line)
+        if begin:
+            in_block = None if _PEM_END.search(line, begin.end()) else _PEM_END
+            out.append(line[: begin.start()] + MASK)
+            continue
+        if _PUTTY_BEGIN.search(line[len(marker) :]):
+            in_block = _PUTTY_END
+            out.append(marker + MASK)
+            continue
+        out.append(line)
+    return "\n".join(out)

@@ -1,0 +1,82 @@
+"""Secrets never reach the model: every rule family of the corpus, look-alikes kept, credential
+files never read, history and training text masked by the same function."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import commit_file, git
+from secret_corpus import negatives, positives
+
+from cmc.diffs import process_diff
+from cmc.gitctx import GitRepo
+from cmc.messages import clean_message
+from cmc.secrets import MASK, is_credential_file, mask_secrets
+
+
+def test_recall_and_false_positives_on_the_corpus():
+    pos, neg = positives(), negatives()
+    assert len(pos) >= 150 and len({f for f, _, _ in pos}) >= 40
+    missed = [(family, text) for family, text, secret in pos if secret in mask_secrets(text)]
+    changed = [(family, text) for family, text in neg if mask_secrets(text) != text]
+    assert len(missed) / len(pos) <= 0.03, missed
+    assert changed == []
+
+
+def test_diff_markers_and_key_blocks():
+    diff = "+key = '''\n+-----BEGIN RSA PRIVATE KEY-----\n+MIIEow\n+-----END RSA PRIVATE KEY-----\n+'''\n-old = 1"
+    masked = mask_secrets(diff)
+    assert masked == f"+key = '''\n+{MASK}\n+'''\n-old = 1"
+
+
+def test_credential_files_are_listed_but_never_read(repo: Path):
+    commit_file(repo, "README.md", "hi\n", "Add readme")
+    secret = "s3cr3t-" + "Zq9" * 8
+    for name in (".env", "config/.env.production", "deploy/id_rsa", "certs/server.pem", ".netrc"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text(f"API={secret}\n")
+    (repo / ".env.example").write_text("API=put-yours-here\n")
+    (repo / "app.py").write_text("print('hello')\n")
+    git(repo, "add", ".")
+    mods = {m.path: m for m in GitRepo(repo).staged_mods()}
+    assert set(mods) == {".env", "config/.env.production", "deploy/id_rsa", "certs/server.pem",
+                         ".netrc", ".env.example", "app.py"}  # fmt: skip
+    for name in (".env", "config/.env.production", "deploy/id_rsa", "certs/server.pem", ".netrc"):
+        assert mods[name].diff == "" and mods[name].truncated
+    assert "put-yours-here" in mods[".env.example"].diff  # a template is meant to be read
+    assert secret not in process_diff(list(mods.values()))
+    assert not is_credential_file("src/environment.py") and is_credential_file("a/.kube/config")
+
+
+def test_history_and_training_text_go_through_the_same_masking(repo: Path):
+    token = "ghp_" + "A1b2C3d4" * 5
+    commit_file(repo, "a.txt", "1\n", f"Rotate the deploy token {token}")
+    history = GitRepo(repo).author_history("Ada Lovelace", "ada@example.com")
+    assert history and token not in history[0]
+    assert token not in clean_message(f"Use {token} for CI")
+    raw = [{"change_type": "MODIFY", "old_path": "a.py", "new_path": "a.py",
+            "diff": f"@@ -1 +1 @@\n-x = 1\n+TOKEN = '{token}'\n"}]  # fmt: skip
+    assert token not in process_diff(raw) and MASK in process_diff(raw)
+
+
+def test_cmc_prompt_shows_exactly_the_masked_input(repo: Path, tiny_model: Path):
+    import json
+    import subprocess
+
+    from conftest import cmc_env
+
+    token = "sk_live_" + "Q7w" * 9
+    commit_file(repo, "a.txt", "1\n", f"Add the payment client with key {token}")
+    (repo / "pay.py").write_text(f"STRIPE_KEY = '{token}'\nAMOUNT = 100\n")
+    git(repo, "add", "pay.py")
+    git(repo, "config", "cmc.model", str(tiny_model))
+    shown = subprocess.run(["cmc", "prompt", "--prefix", "Add pay", "--json"], cwd=repo, env=cmc_env(),
+                           capture_output=True, text=True)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    data = json.loads(shown.stdout)
+    assert token not in data["text"] and MASK in data["text"] and "AMOUNT" in data["text"]
+    assert data["text"].endswith("<|msg|>Add") and data["regenerated_tail"] == " pay"
+    full = json.loads(subprocess.run(["cmc", "prompt", "--full", "--json"], cwd=repo, env=cmc_env(),
+                                     capture_output=True, text=True).stdout)  # fmt: skip
+    assert token not in full["diff"] and token not in " ".join(full["history"])
+    assert full["history"] and MASK in full["history"][0]
