@@ -262,3 +262,9 @@ def test_corrupt_or_pickled_weights_are_one_line(tmp_path: Path, tiny_model: Pat
         assert out.stderr.strip().count("\n") == 0 and out.stderr.startswith(
             "cmc: error: cannot load model"
         )
+
+
+def test_a_huge_typed_word_is_bounded_work(lm):
+    typed = "Fix " + "y" * 1500
+    result = complete_context(lm, Context(learned_diff()), typed, DecodeSettings(num_candidates=1))
+    assert result.candidates and result.candidates[0].message.startswith(typed)

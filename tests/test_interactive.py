@@ -386,3 +386,40 @@ def test_malformed_lines_unknown_ops_and_bad_fields_get_one_line_errors(tmp_path
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.slow
+def test_a_herd_of_clients_is_served_by_the_daemon(tmp_path, tiny_model, daemon):
+    """Clients wait for a live daemon instead of each loading a model in-process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    d = daemon()
+
+    def one(_):
+        out = subprocess.run(["cmc", "complete", "--prefix", "Fix parser cr", "--json"], cwd=repo,
+                             env=d.env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert [r["served_by"] for r in results] == ["daemon"] * 8
+    assert {r["candidates"][0]["message"] for r in results} == {LEARNED_MESSAGE}
+
+
+def test_a_request_waiting_past_its_deadline_is_dropped(tmp_path, tiny_model):
+    """The model is shared: a request still queued when its client has given up is not computed."""
+    from cmc.decoding.beam import Cancelled
+    from cmc.service import CompletionService
+
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    service = CompletionService()
+    settings = Settings.load(repo, repo / ".git")
+    request = CompleteRequest(str(repo), "Fix", settings, DecodeSettings(), wait_s=0.2)
+    with service.lock, pytest.raises(Cancelled):  # another request holds the model
+        service.complete(request)
+    gone = CompleteRequest(str(repo), "Fix", settings, DecodeSettings(), wait_s=5)
+    with pytest.raises(Cancelled):
+        service.complete(gone, cancelled=lambda: True)  # its client has hung up
+    assert service.complete(gone)[0].candidates  # and nothing is left locked

@@ -103,6 +103,7 @@ def test_prompt_keeps_newest_history_within_budget_and_inference_has_no_end():
         ("Fi", "", "Fi"),
         ("", "", ""),
         ("a\n\nbo", "a", "\n\nbo"),
+        ("Fix " + "x" * 1500, "Fix " + "x" * 1500, ""),  # no word is that long: nothing to heal
     ],
 )
 def test_split_typed(typed, head, tail):
