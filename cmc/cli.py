@@ -117,6 +117,10 @@ def complete(
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed = msgfile.parse(text, settings.comment_char).typed
+    if not git_repo.has_staged_changes():
+        click.echo(
+            "cmc: nothing is staged (git add first); completing for an empty change", err=True
+        )
     result = complete_for(git_repo, settings, typed, decode)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
@@ -189,7 +193,7 @@ def _echo_status(st) -> None:
 
 
 @hook.command("install")
-@click.option("--repo", default=".", show_default=True)
+@click.option("--repo", default=".", show_default=True, help="The repository (any folder in it).")
 def hook_install(repo):
     """Install the hook (an existing hook is kept and still runs)."""
     from cmc import hook as hook_mod
@@ -198,7 +202,7 @@ def hook_install(repo):
 
 
 @hook.command("uninstall")
-@click.option("--repo", default=".", show_default=True)
+@click.option("--repo", default=".", show_default=True, help="The repository (any folder in it).")
 def hook_uninstall(repo):
     """Remove cmc's hook and restore the one it replaced."""
     from cmc import hook as hook_mod
@@ -207,7 +211,7 @@ def hook_uninstall(repo):
 
 
 @hook.command("status")
-@click.option("--repo", default=".", show_default=True)
+@click.option("--repo", default=".", show_default=True, help="The repository (any folder in it).")
 def hook_status(repo):
     """Show whether the hook is installed, enabled, and which model it would use."""
     from cmc import hook as hook_mod

@@ -113,6 +113,15 @@ class GitRepo:
     def has_head(self) -> bool:
         return self.repo.head.is_valid()
 
+    def has_staged_changes(self) -> bool:
+        import git
+
+        try:
+            self.git.diff("--cached", "--quiet", "--no-ext-diff")
+        except git.GitCommandError as exc:
+            return exc.status == 1
+        return False
+
     def exclusions(self, configured: list[str] | tuple[str, ...] = ()) -> Exclusions:
         """Default patterns, then ``git config cmc.exclude`` (``configured``), then ``.cmcignore``."""
         patterns = [*DEFAULT_EXCLUDES, *configured]

@@ -96,8 +96,8 @@ def install(repo: str | Path = ".") -> HookStatus:
 def uninstall(repo: str | Path = ".") -> HookStatus:
     """Remove our hook only, and put back the hook it replaced."""
     st = hook_status(repo)
-    if st.foreign:
-        raise CmcError(f"{st.hook_path} is not cmc's hook; leaving it alone")
+    if st.foreign:  # not ours (perhaps the one a first uninstall put back): nothing to undo
+        return st
     if st.installed:
         st.hook_path.unlink()
     if st.chained is not None:

@@ -268,3 +268,13 @@ def test_a_huge_typed_word_is_bounded_work(lm):
     typed = "Fix " + "y" * 1500
     result = complete_context(lm, Context(learned_diff()), typed, DecodeSettings(num_candidates=1))
     assert result.candidates and result.candidates[0].message.startswith(typed)
+
+
+def test_nothing_staged_is_said(repo: Path, tiny_model: Path):
+    commit_file(repo, "a.txt", "1\n", "Add a")
+    git(repo, "config", "cmc.model", str(tiny_model))
+    out = _run_cmc("complete", "--prefix", "Fix", cwd=repo)
+    assert out.returncode == 0 and "nothing is staged" in out.stderr
+    (repo / "a.txt").write_text("2\n")
+    git(repo, "add", "a.txt")
+    assert "nothing is staged" not in _run_cmc("complete", "--prefix", "Fix", cwd=repo).stderr

@@ -109,8 +109,17 @@ def test_uninstall_leaves_a_foreign_hook_alone(repo: Path):
     hooks.mkdir(exist_ok=True)
     (hooks / "prepare-commit-msg").write_text("#!/bin/sh\nexit 0\n")
     result = cmc(repo, "hook", "uninstall")
-    assert result.returncode == 1
-    assert result.stderr.count("\n") == 1 and "not cmc's hook" in result.stderr
+    assert result.returncode == 0 and "another hook is there" in result.stdout
+    assert (hooks / "prepare-commit-msg").read_text() == "#!/bin/sh\nexit 0\n"
+
+
+def test_uninstall_twice_is_a_no_op(repo: Path):
+    hooks = repo / ".git" / "hooks"
+    hooks.mkdir(exist_ok=True)
+    (hooks / "prepare-commit-msg").write_text("#!/bin/sh\nexit 0\n")
+    assert cmc(repo, "hook", "install").returncode == 0
+    first, second = cmc(repo, "hook", "uninstall"), cmc(repo, "hook", "uninstall")
+    assert (first.returncode, second.returncode) == (0, 0), second.stderr
     assert (hooks / "prepare-commit-msg").read_text() == "#!/bin/sh\nexit 0\n"
 
 

@@ -52,3 +52,20 @@ def test_only_cmc_is_packaged():
     text = (ROOT / "pyproject.toml").read_text()
     assert 'include = ["cmc*"]' in text
     assert not (ROOT / "training").exists() and not (ROOT / "hooks").exists()
+
+
+def test_every_command_option_has_help():
+    import click
+
+    from cmc.cli import main
+
+    def missing(cmd: click.Command, path: str):
+        if isinstance(cmd, click.Group):
+            for name, sub in cmd.commands.items():
+                yield from missing(sub, f"{path} {name}")
+            return
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not p.hidden and not p.help:
+                yield f"{path} {p.opts[0]}"
+
+    assert list(missing(main, "cmc")) == []

@@ -57,11 +57,20 @@ def mine_all(repos, out, since, max_commits) -> int:
 
 @data.command("build")
 @click.argument("repos", nargs=-1, required=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
-@click.option("--since", default="2017-01-01", show_default=True)
-@click.option("--max-commits", type=int, default=None)
-@click.option("--split-by", type=click.Choice(["repo", "time"]), default=None)
-@click.option("--seed", default=42, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option(
+    "--since", default="2017-01-01", show_default=True, help="Only commits since this date."
+)
+@click.option(
+    "--max-commits", type=int, default=None, help="At most this many commits per repository."
+)
+@click.option(
+    "--split-by",
+    type=click.Choice(["repo", "time"]),
+    default=None,
+    help="Default: time for one repository, repo for several.",
+)
+@click.option("--seed", default=42, show_default=True, help="Seed of the split and sampling.")
 def data_build(repos, out, since, max_commits, split_by, seed):
     """Mine REPOS, then process them: `cmc data mine` + `cmc data process` in one go."""
     from cmc.training.process import load_raw, process_rows, save_processed
@@ -81,12 +90,13 @@ def data_build(repos, out, since, max_commits, split_by, seed):
     default=None,
     help="Default: given splits, else time for one repository, repo for several.",
 )
-@click.option("--seed", default=42, show_default=True)
+@click.option("--seed", default=42, show_default=True, help="Seed of the split and sampling.")
 @click.option(
     "--outliers",
     type=click.Choice(["published", "percentiles"]),
     default="published",
     show_default=True,
+    help="Length limits: the paper's published ones, or this data's percentiles.",
 )
 def data_process(raw, out, split_by, seed, outliers):
     """Filter, clean, deduplicate and split RAW rows (parquet files/folders, a saved dataset, or a hub id)."""
@@ -128,12 +138,15 @@ def checkpoint_info(path):
 
 @checkpoint.command("export")
 @click.argument("path", type=click.Path(exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Model folder to write."
+)
 @click.option(
     "--dtype",
     type=click.Choice(["float32", "bfloat16", "float16"]),
     default="float32",
     show_default=True,
+    help="Weights' type in the exported folder.",
 )
 def checkpoint_export(path, out, dtype):
     """Write a save_pretrained folder (safetensors + tokenizer) that `cmc complete` loads."""
@@ -155,14 +168,19 @@ def checkpoint_export(path, out, dtype):
     required=True,
     help="Model folder / hub id, `default`, or `nngen` (retrieval baseline).",
 )
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default="test", show_default=True, help="Which split to score.")
 @click.option(
     "--train",
     "train_data",
     default=None,
     help="Training data for nngen (default: --data's train split).",
 )
-@click.option("--context-ratios", default="0,0.25,0.5", show_default=True)
+@click.option(
+    "--context-ratios",
+    default="0,0.25,0.5",
+    show_default=True,
+    help="Shares of each message given as typed text, comma-separated.",
+)
 @click.option(
     "--history/--no-history",
     "history",
@@ -172,9 +190,14 @@ def checkpoint_export(path, out, dtype):
 @click.option(
     "--limit", type=int, default=None, help="Evaluate a fixed random sample of this many commits."
 )
-@click.option("--beams", default=5, show_default=True)
-@click.option("--max-new-tokens", default=15, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False))
+@click.option("--beams", default=5, show_default=True, help="Beam width.")
+@click.option("--max-new-tokens", default=15, show_default=True, help="Most tokens the model adds.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for metrics and predictions.",
+)
 def evaluate(
     data, model, split, train_data, context_ratios, history, limit, beams, max_new_tokens, out
 ):
