@@ -228,12 +228,21 @@ def hook_status(repo):
 
 @hook.command("run", hidden=True)
 @click.argument("message_file")
-@click.argument("source", required=False, default="")
+@click.argument("source", required=False, default=None)
 @click.argument("sha", required=False)
 def hook_run(message_file, source, sha):
-    """What the installed hook runs (git's prepare-commit-msg arguments)."""
+    """What the installed hook runs (git's prepare-commit-msg arguments).
+
+    Under pre-commit only the message file is passed; the source and object come in
+    PRE_COMMIT_COMMIT_MSG_SOURCE and PRE_COMMIT_COMMIT_OBJECT_NAME.
+    """
+    import os
+
     from cmc import hook as hook_mod
 
+    if source is None:
+        source = os.environ.get("PRE_COMMIT_COMMIT_MSG_SOURCE", "")
+        sha = sha or os.environ.get("PRE_COMMIT_COMMIT_OBJECT_NAME") or None
     sys.exit(hook_mod.run(message_file, source, sha))
 
 

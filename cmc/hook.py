@@ -7,7 +7,7 @@ was, prints one line to stderr, logs details under the git dir, and exits 0. It 
 from __future__ import annotations
 
 import os
-import shutil
+import shlex
 import stat
 import subprocess
 import sys
@@ -78,6 +78,20 @@ def hook_status(repo: str | Path = ".") -> HookStatus:
     )
 
 
+def hook_script(python: str | None = None) -> str:
+    """The hook, with the interpreter that runs cmc recorded (never importing from the repo)."""
+    from cmc.spawn import python_argv
+
+    argv = python_argv("cmc.cli")
+    if python:
+        argv[0] = python
+    return (
+        SCRIPT.read_text()
+        .replace("@CMC_PYTHON@", shlex.quote(argv[0]))
+        .replace("@CMC_RUN@", " ".join(shlex.quote(a) for a in argv))
+    )
+
+
 def install(repo: str | Path = ".") -> HookStatus:
     """Put our hook in place; an existing hook is kept beside it and still runs first."""
     st = hook_status(repo)
@@ -87,7 +101,7 @@ def install(repo: str | Path = ".") -> HookStatus:
             raise CmcError(f"{st.chained} already exists; move it away before installing")
         os.replace(st.hook_path, st.hook_path.with_name(HOOK_NAME + CHAINED_SUFFIX))
     tmp = st.hook_path.with_name(HOOK_NAME + ".cmc-tmp")
-    shutil.copyfile(SCRIPT, tmp)
+    tmp.write_text(hook_script())
     tmp.chmod(tmp.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH | stat.S_IRUSR)
     os.replace(tmp, st.hook_path)
     return hook_status(repo)

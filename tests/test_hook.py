@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -337,15 +338,54 @@ def test_model_slower_than_the_limit_leaves_message_and_commit_goes_through(
     assert "timed out" in result.stderr
 
 
-def test_hook_without_cmc_on_path_exits_zero(repo: Path, tmp_path: Path):
+@pytest.mark.parametrize("how", ["path-without-cmc", "env -i"])
+def test_commits_from_anywhere_use_the_recorded_interpreter(
+    hooked_repo: Path, tmp_path: Path, how: str
+):
+    """IDEs and GUI clients commit without the virtualenv on PATH, some with an empty environment."""
+    staged_parser_change(hooked_repo)
+    editor, seen = editor_script(tmp_path)
+    if how == "env -i":
+        cmd = [
+            "env",
+            "-i",
+            f"GIT_EDITOR={editor}",
+            "CMC_NO_DAEMON=1",
+            "/usr/bin/git",
+            "commit",
+            "-q",
+        ]
+        env = None
+    else:
+        cmd = ["git", "commit", "-q"]
+        env = {
+            "PATH": "/usr/bin:/bin",
+            "HOME": str(tmp_path),
+            "GIT_EDITOR": editor,
+            "CMC_NO_DAEMON": "1",
+        }
+    assert (
+        subprocess.run(["sh", "-c", "command -v cmc"], env={"PATH": "/usr/bin:/bin"}).returncode
+        != 0
+    )
+    result = subprocess.run(cmd, cwd=hooked_repo, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE
+    assert last_message(hooked_repo) == LEARNED_MESSAGE
+
+
+def test_without_cmc_anywhere_the_hook_says_one_line_and_exits_zero(repo: Path, tmp_path: Path):
     hook_mod.install(repo)
+    hook = repo / ".git/hooks/prepare-commit-msg"
+    hook.write_text(hook.read_text().replace(sys.executable, str(tmp_path / "gone" / "python")))
     msg = tmp_path / "MSG"
     msg.write_text("keep me\n")
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     result = subprocess.run(
-        ["sh", str(repo / ".git/hooks/prepare-commit-msg"), str(msg)], cwd=repo, env=env
+        ["sh", str(hook), str(msg)], cwd=repo, env=env, capture_output=True, text=True
     )
     assert result.returncode == 0
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("cmc: not found")
     assert msg.read_text() == "keep me\n"
 
 
