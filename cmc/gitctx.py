@@ -251,6 +251,24 @@ class GitRepo:
                         break
         return found[::-1]
 
+    def branch(self) -> str | None:
+        """The current branch's short name (None when detached)."""
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+        except OSError:
+            return None
+        return head[len("ref: refs/heads/") :] if head.startswith("ref: refs/heads/") else None
+
+    def author_subjects(self, name: str | None, email: str | None, limit: int = 10) -> list[str]:
+        """The author's newest raw subject lines (uncleaned), newest first."""
+        if not self.has_head() or not (name or email):
+            return []
+        who = ["--author", f"<{email}>"] if email else ["--author", name]
+        out = self.git.log(
+            "--no-merges", f"--max-count={limit}", "--format=%s", "--fixed-strings", *who, "HEAD"
+        )
+        return [line for line in out.split("\n") if line.strip()]
+
     def state_in_progress(self) -> str | None:
         """'rebase', 'cherry-pick', 'revert' or 'merge' when git is in the middle of one."""
         for name, state in (

@@ -216,6 +216,13 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
         if reason:
             _log(git_dir, f"skipped: {reason}")
             return 0
+        typed = parsed.typed
+        if (
+            not typed
+        ):  # an empty message on a ticket branch starts with the ticket, as the author's do
+            from cmc.ticket import ticket_prefix
+
+            typed = ticket_prefix(repo, settings) or ""
         editor = editor_will_open(source or "")
         if source == "" and not editor:
             _log(git_dir, "skipped: no editor will open")
@@ -225,7 +232,7 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
 
         def work() -> None:
             try:
-                result["completion"] = _complete_for_hook(repo, settings, parsed.typed, timeout)
+                result["completion"] = _complete_for_hook(repo, settings, typed, timeout)
             except BaseException as exc:  # reported below, in the main thread
                 result["error"] = exc
                 result["trace"] = traceback.format_exc()

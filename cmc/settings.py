@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,16 @@ class _Config:
         return number
 
 
+def _regex(value: str | None) -> str | None:
+    if not value:
+        return None
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise CmcError(f"cmc.ticketPattern: {value!r} is not a regular expression ({exc})") from exc
+    return value
+
+
 def _sources(value: str | None) -> tuple[str, ...]:
     if value is None:
         return DEFAULT_SOURCES
@@ -147,6 +158,8 @@ class Settings:
     exclude: tuple[str, ...] = field(default_factory=tuple)  # cmc.exclude patterns
     author_name: str | None = None
     author_email: str | None = None
+    ticket: bool = True  # start an empty message with the branch's ticket (cmc.ticket)
+    ticket_pattern: str = r"[A-Z][A-Z0-9]{1,9}-\d+"  # cmc.ticketPattern
 
     @classmethod
     def load(
@@ -177,6 +190,8 @@ class Settings:
             exclude=tuple(cfg.all("cmc.exclude")),
             author_name=cfg.get("user.name"),
             author_email=cfg.get("user.email"),
+            ticket=cfg.boolean("cmc.ticket", True),
+            ticket_pattern=_regex(cfg.get("cmc.ticketPattern")) or r"[A-Z][A-Z0-9]{1,9}-\d+",
         )
 
     def to_json(self) -> dict:

@@ -405,3 +405,33 @@ def test_huge_staged_diff_is_cut_and_still_completed(hooked_repo: Path, tmp_path
     result = commit(hooked_repo, editor=editor)
     assert result.returncode == 0, result.stderr
     assert seen.read_text().split("\n")[0].strip()
+
+
+@pytest.mark.parametrize(
+    "history, config, expected",
+    [
+        (["ABC-7: Add the lexer", "ABC-9: Fix the lexer"], None, "ABC-123: "),
+        (["[ABC-7] Add the lexer", "[ABC-9] Fix the lexer"], None, "[ABC-123] "),
+        (["Add the lexer", "Fix the lexer"], None, None),  # this author writes no tickets
+        (["ABC-7: Add the lexer", "ABC-9: Fix the lexer"], ("cmc.ticket", "false"), None),
+        (
+            ["ABC-7: Add the lexer", "ABC-9: Fix the lexer"],
+            ("cmc.ticketPattern", "XYZ-[0-9]+"),
+            None,
+        ),
+    ],
+)
+def test_ticket_from_the_branch(hooked_repo: Path, tmp_path: Path, history, config, expected):
+    for i, message in enumerate(history):
+        commit_file(hooked_repo, f"lexer{i}.py", f"x = {i}\n", message)
+    git(hooked_repo, "checkout", "-q", "-b", "feature/abc-123-empty-config")
+    staged_parser_change(hooked_repo)
+    if config:
+        git(hooked_repo, "config", *config)
+    editor, seen = editor_script(tmp_path)
+    assert commit(hooked_repo, editor=editor).returncode == 0
+    first = seen.read_text().split("\n")[0]
+    if expected:
+        assert first.startswith(expected) and len(first) > len(expected)
+    else:
+        assert first == LEARNED_MESSAGE
