@@ -251,6 +251,11 @@ class GitRepo:
                         break
         return found[::-1]
 
+    def commit_count(self) -> int:
+        if not self.has_head():
+            return 0
+        return int(self.git.rev_list("--count", "--no-merges", "HEAD"))
+
     def branch(self) -> str | None:
         """The current branch's short name (None when detached)."""
         try:

@@ -34,3 +34,49 @@ def test_empty_targets_are_skipped_and_short_targets_leave_em_at_k():
     assert exact_match("Fix it now", "Fix it later", 2) == 1.0
     assert typed_prefix("Fix the parser", 0.5) == "Fix the"
     assert typed_prefix("Fix the parser", 0.0) == ""
+
+
+def test_an_interrupted_evaluation_resumes_with_what_it_had(tmp_path, tiny_model):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import LEARNED_DIFF_FILE, LEARNED_MESSAGE
+
+    from cmc.training.evaluate import run_eval
+
+    raw = "@@ -1,2 +1,4 @@\n def parse(text):\n+    if not text:\n+        return []\n     return text.split()\n"
+    mods = [
+        {
+            "change_type": "MODIFY",
+            "old_path": LEARNED_DIFF_FILE,
+            "new_path": LEARNED_DIFF_FILE,
+            "diff": raw,
+        }
+    ]
+    rows = [
+        {"hash": f"h{i}", "mods": mods, "message": LEARNED_MESSAGE, "history": []} for i in range(4)
+    ]
+    data = tmp_path / "rows.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    full = run_eval(
+        str(data), str(tiny_model), [0.0, 0.5], [True], None, tmp_path / "full", progress=False
+    )
+    out = tmp_path / "resumed"
+    out.mkdir()
+    kept = (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()[:4]
+    marked = [
+        json.dumps({**json.loads(line), "prediction": json.loads(line)["prediction"] + " KEPT"})
+        for line in kept
+    ]
+    (out / "predictions.jsonl").write_text(
+        "\n".join(marked) + '\n{"ratio": 0.5, "hist'
+    )  # torn line
+    again = run_eval(
+        str(data), str(tiny_model), [0.0, 0.5], [True], None, out, progress=False, resume=True
+    )
+    lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 8 and sum(x["prediction"].endswith(" KEPT") for x in lines) == 4
+    assert full["scores"]["history@0"]["B-Norm"] > 99  # the tiny model knows its message
+    assert again["scores"]["history@0"]["B-Norm"] < 99  # the kept predictions were used, not redone
+    assert again["scores"]["history@0.5"] == full["scores"]["history@0.5"]  # the rest computed

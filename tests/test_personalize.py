@@ -36,7 +36,7 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_
     # Untracked modules in the work tree must never be imported by cmc or torchrun's workers.
     markers = plant_modules(repo, tmp_path / "markers")
     cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "40", "--save-every", "4", "--nproc", "2",
-           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "8"]  # fmt: skip
+           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "8", "--force"]  # fmt: skip
     env = cmc_env({"OMP_NUM_THREADS": "1"})
     proc = subprocess.Popen(
         cmd,
@@ -157,3 +157,17 @@ def test_one_run_per_folder_and_workers_die_with_cmc_train(tmp_path: Path, tiny_
             first.kill()
         for pid in run_processes(str(run_dir / "run")):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+def test_a_result_no_better_than_the_base_is_not_installed(tmp_path: Path, tiny_model: Path):
+    repo = history_repo(tmp_path / "repo", 40)
+    # lr 0: the weights do not move, so the scores tie, and a tie is not better.
+    cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "2", "--lr", "0",
+           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "6"]  # fmt: skip
+    result = subprocess.run(cmd, cwd=repo, env=cmc_env({"OMP_NUM_THREADS": "1"}), capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stderr.startswith("cmc train: mines 40 commits of this repository")
+    assert "not installed: it did not beat" in result.stdout
+    assert not (repo / ".git" / "cmc" / "model").exists()

@@ -255,12 +255,13 @@ PERSONALIZE_DEFAULTS = {"max_steps": 200, "save_every": 50, "global_batch_size":
 @click_options(PERSONALIZE_DEFAULTS)
 @click.option(
     "--eval-limit",
-    default=200,
+    default=100,
     show_default=True,
-    help="Validation commits scored before and after.",
+    help="Newest commits scored before and after (each is completed at 3 typed shares).",
 )
 @click.option("--no-install", is_flag=True, help="Do not make the result this repository's model.")
-def train(repo, data, base, out, nproc, eval_limit, no_install, **trainer):
+@click.option("--force", is_flag=True, help="Install the result even if it does not beat the base.")
+def train(repo, data, base, out, nproc, eval_limit, no_install, force, **trainer):
     """Personalize the model on this repository's history (resumable: run it again to continue)."""
     from cmc.training.personalize import TrainOptions, personalize, report
 
@@ -270,7 +271,7 @@ def train(repo, data, base, out, nproc, eval_limit, no_install, **trainer):
         )
     config = TrainConfig(**trainer, warmup_steps=max(1, trainer["max_steps"] // 10))
     opts = TrainOptions(repo=repo, data=data, base=base, out=out, nproc=nproc, eval_limit=eval_limit,
-                        install=not no_install, train=config)  # fmt: skip
+                        install=not no_install, force=force, train=config)  # fmt: skip
     click.echo(report(personalize(opts)))
 
 

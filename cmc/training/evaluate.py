@@ -142,8 +142,13 @@ def run_eval(
     train: str | None = None,
     settings: Any = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> dict:
-    """Evaluate ``model`` (a model spec, or ``nngen``) and write metrics, predictions and a plot."""
+    """Evaluate ``model`` (a model spec, or ``nngen``) and write metrics, predictions and a plot.
+
+    With ``resume``, predictions already in ``OUT/predictions.jsonl`` (an interrupted run) are
+    kept and only the missing ones are computed.
+    """
     from tqdm import tqdm
 
     out = Path(out)
@@ -174,42 +179,61 @@ def run_eval(
         "scores": {},
     }
     started = time.perf_counter()
-    with (out / "predictions.jsonl").open("w") as preds_file:
+    done = _finished_predictions(out / "predictions.jsonl") if resume else {}
+    if done:  # rewrite what was kept, so that appending never continues a torn line
+        tmp = out / "predictions.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in done.values()))
+        os.replace(tmp, out / "predictions.jsonl")
+    with (out / "predictions.jsonl").open("a" if resume else "w") as preds_file:
         for use_history in histories:
             for ratio in ratios:
                 batch = []
                 for i, row in enumerate(rows):
                     typed = typed_prefix(row["message"], ratio)
                     batch.append({**row, "id": row.get("hash", i), "prefix": typed})
-                preds, targets = [], []
+                todo = [r for r in batch if (ratio, use_history, r["id"]) not in done]
                 desc = f"{'history' if use_history else 'no history'} {int(ratio * 100)}%"
-                for row, pred in zip(
-                    batch,
-                    tqdm(
-                        run(batch, use_history), total=len(batch), desc=desc, disable=not progress
-                    ),
-                ):
-                    target = row["message"][len(row["prefix"]) :]
-                    preds.append(pred["continuation"])
-                    targets.append(target)
+                bar = tqdm(total=len(batch), initial=len(batch) - len(todo), desc=desc,
+                           disable=not progress, dynamic_ncols=True)  # fmt: skip
+                for row, pred in zip(todo, run(todo, use_history)):
                     record = {
                         "ratio": ratio,
                         "history": use_history,
                         "id": pred["id"],
                         "prefix": row["prefix"],
-                        "target": target,
+                        "target": row["message"][len(row["prefix"]) :],
+                        "prediction": pred["continuation"],
                     }
-                    preds_file.write(
-                        json.dumps({**record, "prediction": pred["continuation"]}) + "\n"
-                    )
+                    preds_file.write(json.dumps(record) + "\n")
+                    preds_file.flush()  # kept if the run is interrupted
+                    done[(ratio, use_history, record["id"])] = record
+                    bar.update(1)
+                bar.close()
+                chosen = [done[(ratio, use_history, r["id"])] for r in batch]
                 key = f"{'history' if use_history else 'no_history'}@{ratio:g}"
-                results["scores"][key] = score(preds, targets)
+                results["scores"][key] = score(
+                    [c["prediction"] for c in chosen], [c["target"] for c in chosen]
+                )
     results["seconds"] = round(time.perf_counter() - started, 1)
     tmp = out / "metrics.json.tmp"  # atomically: a half-written metrics.json would be read as done
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / "metrics.json")
     plot(results, out / "metrics.png")
     return results
+
+
+def _finished_predictions(path: Path) -> dict[tuple, dict]:
+    """Predictions an interrupted run wrote (a torn last line is dropped)."""
+    found: dict[tuple, dict] = {}
+    if not path.exists():
+        return found
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            found[(record["ratio"], record["history"], record["id"])] = record
+        except (ValueError, KeyError, TypeError):
+            continue
+    return found
 
 
 def table(results: dict) -> str:
