@@ -61,6 +61,11 @@ def main() -> None:
     help="With --batch: skip bad rows (counted) instead of stopping.",
 )
 @click.option(
+    "--respect-enabled",
+    is_flag=True,
+    help="Answer nothing where cmc is off (cmc.enabled false, CMC_DISABLE), as the hook would.",
+)
+@click.option(
     "--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width."
 )
 @click.option(
@@ -81,6 +86,7 @@ def complete(
     batch,
     out,
     skip_invalid,
+    respect_enabled,
     beams,
     max_new_tokens,
 ):
@@ -109,6 +115,13 @@ def complete(
     settings = Settings.load(
         git_repo.cwd, git_repo.common_dir, model, False if no_history else None
     )
+    if respect_enabled and not settings.enabled:
+        click.echo(
+            json.dumps({"prefix": prefix or "", "candidates": [], "disabled": True})
+            if as_json
+            else ""
+        )
+        return
     typed = prefix or ""
     if message_file:
         try:
