@@ -62,6 +62,7 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_
     stopped_at = step_dirs(ckpts)[-1][0]
     assert 0 < stopped_at < 40
     assert not (repo / ".git" / "cmc" / "model").exists()
+    assert (repo / "rel-run" / "run" / "checkpoints").is_dir()
 
     again = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
@@ -163,7 +164,8 @@ def test_one_run_per_folder_and_workers_die_with_cmc_train(tmp_path: Path, tiny_
 def test_a_result_no_better_than_the_base_is_not_installed(tmp_path: Path, tiny_model: Path):
     repo = history_repo(tmp_path / "repo", 40)
     # lr 0: the weights do not move, so the scores tie, and a tie is not better.
-    cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "2", "--lr", "0",
+    # (a relative --out: torchrun's workers run elsewhere, the paths they get must not be relative)
+    cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "2", "--lr", "0", "--out", "rel-run",
            "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "6"]  # fmt: skip
     result = subprocess.run(cmd, cwd=repo, env=cmc_env({"OMP_NUM_THREADS": "1"}), capture_output=True,
                             text=True, timeout=600)  # fmt: skip

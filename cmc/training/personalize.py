@@ -164,6 +164,12 @@ def personalize(opts: TrainOptions) -> dict:
     out = Path(opts.out) if opts.out else (git_dir / "cmc" / "train" if git_dir else None)
     if out is None:
         raise CmcError("--out is needed with --data outside a repository")
+    # Absolute: torchrun's workers run from the run folder, not from here.
+    out = out.resolve()
+    if opts.data:
+        opts.data = str(Path(opts.data).resolve())
+    if opts.base and Path(opts.base).expanduser().exists():
+        opts.base = str(Path(opts.base).expanduser().resolve())
     out.mkdir(parents=True, exist_ok=True)
     lock = hold_run_lock(out)  # noqa: F841 (held until this process ends)
     base = opts.base or (
