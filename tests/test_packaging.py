@@ -41,6 +41,7 @@ def test_core_works_without_the_train_extra(repo: Path, tiny_model: Path, tmp_pa
     (repo / LEARNED_DIFF_FILE).write_text(PARSER_AFTER)
     git(repo, "add", ".")
     git(repo, "config", "cmc.model", str(tiny_model))
+    git(repo, "config", "cmc.timeout", "120")  # a busy machine must not make this test flaky
     out = subprocess.run(
         ["cmc", "complete", "--prefix", "Fix pa", "--json"],
         cwd=repo,
