@@ -59,8 +59,10 @@ def test_every_candidate_respects_the_typed_text_and_they_are_distinct(lm):
         "Add sup",
         DecodeSettings(num_candidates=4),
     )
+    from cmc.decoding.beam import substance
+
     messages = [c.message for c in result.candidates]
-    assert len(messages) == len(set(messages)) >= 2
+    assert len({substance(m) for m in messages}) == len(messages) >= 2
     assert all(m.startswith("Add sup") for m in messages)
 
 
@@ -278,3 +280,10 @@ def test_nothing_staged_is_said(repo: Path, tiny_model: Path):
     (repo / "a.txt").write_text("2\n")
     git(repo, "add", "a.txt")
     assert "nothing is staged" not in _run_cmc("complete", "--prefix", "Fix", cwd=repo).stderr
+
+
+def test_candidates_differ_in_substance_not_by_a_digit_or_a_period():
+    from cmc.decoding.beam import substance
+
+    assert substance("Bump version to 1.2.3.") == substance("bump version to 1.2.4")
+    assert substance("Fix typo") == substance("Fix typo.") != substance("Fix typos")

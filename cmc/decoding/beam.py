@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import copy
 import inspect
+import re
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -290,6 +291,14 @@ def beam_search(
     return finished
 
 
+_NOT_SUBSTANCE = re.compile(r"[\W\d_]+")
+
+
+def substance(message: str) -> str:
+    """What makes two candidates different: their words, not case, digits or punctuation."""
+    return " ".join(_NOT_SUBSTANCE.sub(" ", message.lower()).split())
+
+
 class Cancelled(Exception):
     """A search abandoned because its client has gone or its deadline passed."""
 
@@ -341,8 +350,8 @@ def generate_candidates(
         continuation = (
             message[len(typed) :] if message.startswith(typed) else generated[len(tail) :]
         )
-        key = message.strip()
-        if not key or key in seen:
+        key = substance(message)
+        if not message.strip() or key in seen:
             continue
         seen.add(key)
         result.append(Candidate(message, continuation, score))
