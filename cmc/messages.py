@@ -78,10 +78,20 @@ _ORPHAN = re.compile(
     re.IGNORECASE,
 )
 
+# Pull-request template leftovers that squash merges and bots leave in messages: CI switches,
+# HTML comments, markdown headings and checklists. A model that learns them writes them.
+_CI_SWITCH = re.compile(
+    r"\[(?:ci[ -]skip|skip[ -]ci|no[ -]ci|skip[ -]actions|actions[ -]skip|skip[ -]travis)\]|\*\*\*NO_CI\*\*\*",
+    re.IGNORECASE,
+)
+_HTML_COMMENT = re.compile(r"<!--.*?(?:-->|$)", re.DOTALL)
+_TEMPLATE_LINE = re.compile(r"^\s*(?:#{1,6}\s+\S.*|[-*+]\s+\[[ xX]?\]\s*.*|-{3,}|\*{3,}|_{3,})\s*$")
+
 
 def clean_message(message: str) -> str:
     """Strip what CommitChronicle strips from a message; keep its lines otherwise."""
     text = mask_secrets(message.replace("\r\n", "\n").replace("\r", "\n"))
+    text = _HTML_COMMENT.sub("", _CI_SWITCH.sub("", text))
     text = _TRAILER.sub("", text)
     text = _CHERRY.sub("", text)
     text = _URL.sub("", text)
@@ -93,8 +103,8 @@ def clean_message(message: str) -> str:
     lines = []
     for line in text.split("\n"):
         line = _SPACE_BEFORE_PUNCT.sub(r"\1", _SPACES.sub(" ", line)).strip()
-        if _ORPHAN.match(line):
-            continue  # "Closes #12" once the reference is gone
+        if _ORPHAN.match(line) or (lines and _TEMPLATE_LINE.match(line)):
+            continue  # "Closes #12" once the reference is gone; template scaffolding (not a subject)
         if line or (lines and lines[-1]):
             lines.append(line)
     return "\n".join(lines).strip()

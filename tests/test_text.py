@@ -19,6 +19,12 @@ from cmc.prompt import DIFF, HISTORY, MSG, SEP, Budget, build_prompt, split_type
         ("Revert to 3f2a9bc1d4 behaviour", "Revert to behaviour"),
         ("Mail admin@example.org about GH-7", "Mail about"),
         ("Add version alias\n\nCloses #12\nSee https://example.com/x", "Add version alias"),
+        ("chore: deploy on Node 16 [ci skip]", "chore: deploy on Node 16"),
+        (
+            "Fix lock\n\n## Motivation\n\nIt leaked.\n\n- [x] Tests added\n<!-- describe -->\n---",
+            "Fix lock\n\nIt leaked.",
+        ),
+        ("## Release 2.0", "## Release 2.0"),  # a subject stays, whatever it looks like
     ],
 )
 def test_clean_message(raw: str, clean: str):
