@@ -130,11 +130,11 @@ def complete(
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed = msgfile.parse(text, settings.comment_char).typed
-    if not git_repo.has_staged_changes():
-        click.echo(
-            "cmc: nothing is staged (git add first); completing for an empty change", err=True
-        )
     result = complete_for(git_repo, settings, typed, decode)
+    if not git_repo.has_staged_changes():  # said after a failure would have been said, in one line
+        click.echo(
+            "cmc: nothing is staged (git add first); completed for an empty change", err=True
+        )
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     elif result.candidates:
