@@ -435,3 +435,17 @@ def test_ticket_from_the_branch(hooked_repo: Path, tmp_path: Path, history, conf
         assert first.startswith(expected) and len(first) > len(expected)
     else:
         assert first == LEARNED_MESSAGE
+
+
+def test_a_failing_git_config_is_an_error_not_unset(repo: Path, tmp_path: Path):
+    with (repo / ".git" / "config").open("a") as f:
+        f.write("[cmc\n\tenabled = false\n")  # a broken section: git itself refuses the file
+    status = cmc(repo, "hook", "status")
+    assert status.returncode == 1 and "bad config line" in status.stderr.strip()
+    msg = tmp_path / "MSG"
+    msg.write_text("keep me\n")
+    run = subprocess.run(
+        ["cmc", "hook", "run", str(msg)], cwd=repo, env=cmc_env(), capture_output=True, text=True
+    )
+    assert run.returncode == 0 and "bad config line" in run.stderr  # said, and the commit goes on
+    assert msg.read_text() == "keep me\n"
