@@ -257,9 +257,10 @@ def plan_line(opts: TrainOptions, commits: int | None) -> str:
         / TOKENS_PER_SECOND_TRAINING
     )
     minutes = (evals * SECONDS_PER_COMPLETION + train_s) / 60 + 1
-    source = f"{commits} commits of this repository" if commits is not None else "the given data"
+    source = (f"mines {commits} commits of this repository" if commits is not None
+              else "uses the given data")  # fmt: skip
     return (
-        f"cmc train: mines {source} (newest 10% to score on), scores the current model on up to "
+        f"cmc train: {source} (newest 10% to score on), scores the current model on up to "
         f"{opts.eval_limit} of them at 0/25/50% typed, fine-tunes it for {opts.train.max_steps} steps of "
         f"{opts.train.global_batch_size} on {opts.nproc} process(es), scores it again and installs it "
         f"only if it is better; roughly {minutes:.0f} minutes here (resumable: run it again after Ctrl-C)"
