@@ -109,6 +109,25 @@ def _request(payload: dict, timeout: float, path: Path | None = None) -> dict | 
     return reply if isinstance(reply, dict) else None
 
 
+def accepts(path: Path | None = None, timeout: float = 2.0) -> bool:
+    """Whether a daemon of ours is listening there, even one too busy to answer a ping in time
+    (the kernel accepts the connection for it)."""
+    path = path or socket_path()
+    if path is None:
+        return False
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
+            return False
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(str(path))
+            uid = _peer_uid(sock)
+            return uid is None or uid == os.getuid()
+    except OSError:
+        return False
+
+
 def ping(timeout: float = 0.5, path: Path | None = None) -> dict | None:
     reply = _request({"op": "ping"}, timeout, path)
     return reply if reply and reply.get("ok") else None
@@ -161,9 +180,9 @@ def complete_with_daemon(request: CompleteRequest, start: bool, timeout: float =
     answers and ``start`` allows, start one in the background. None: complete in-process."""
     if os.environ.get("CMC_NO_DAEMON") == "1":
         return None
-    info = ping()
-    if info is not None and info.get("version") == __version__:
-        return remote_complete(request, timeout)
+    info = ping(timeout=2.0)
+    if (info is not None and info.get("version") == __version__) or (info is None and accepts()):
+        return remote_complete(request, timeout)  # alive, perhaps busy: wait for it
     if start:
         if info is not None:
             _request({"op": "shutdown"}, 0.5)  # an older cmc's daemon: replace it
@@ -215,7 +234,7 @@ def fallback_slot(request: CompleteRequest, deadline: float):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CmcError("busy: another cmc process is loading the model")
-            if ping() is not None:
+            if ping(timeout=2.0) is not None or accepts():
                 served = remote_complete(replace(request, wait_s=min(remaining, 600.0)), remaining)
                 if served is not None:
                     yield served
@@ -343,9 +362,9 @@ def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int
             "must be folders of yours, mode 0700, not symlinks"
         )
     if os.path.lexists(path):
-        if ping(path=path) is not None:
+        if ping(timeout=2.0, path=path) is not None or accepts(path):
             raise CmcError(f"a cmc daemon is already serving {path}")
-        path.unlink()  # left by a daemon that died: nobody answers on it
+        path.unlink()  # left by a daemon that died: nothing listens on it
     server = DaemonServer(path, idle_timeout)
     threading.Thread(target=server.watch_idle, daemon=True).start()
     threading.Thread(target=_warm_up, args=(server,), daemon=True).start()
