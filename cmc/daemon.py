@@ -82,20 +82,36 @@ def _peer_uid(conn: socket.socket) -> int | None:
 # --- client ---------------------------------------------------------------------------------------
 
 
-def _request(payload: dict, timeout: float, path: Path | None = None) -> dict | None:
+def _connect(path: Path | None, timeout: float) -> socket.socket | None:
+    """A connection to this user's daemon at ``path``: only to a socket the user owns, served by a
+    process of the user's uid. None otherwise (never talk to anything else)."""
     path = path or socket_path()
     if path is None:
         return None
+    sock = None
     try:
         st = os.lstat(path)
         if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
-            return None  # not a socket of ours: never talk to it
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            uid = _peer_uid(sock)
-            if uid is not None and uid != os.getuid():
-                return None
+            return None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(path))
+        uid = _peer_uid(sock)
+        if uid is None or uid == os.getuid():
+            return sock
+    except OSError:
+        pass
+    if sock is not None:
+        sock.close()
+    return None
+
+
+def _request(payload: dict, timeout: float, path: Path | None = None) -> dict | None:
+    sock = _connect(path, timeout)
+    if sock is None:
+        return None
+    try:
+        with sock:
             sock.sendall((json.dumps(payload) + "\n").encode())
             data = b""
             while not data.endswith(b"\n"):
@@ -112,20 +128,16 @@ def _request(payload: dict, timeout: float, path: Path | None = None) -> dict | 
 def accepts(path: Path | None = None, timeout: float = 2.0) -> bool:
     """Whether a daemon of ours is listening there, even one too busy to answer a ping in time
     (the kernel accepts the connection for it)."""
-    path = path or socket_path()
-    if path is None:
+    sock = _connect(path, timeout)
+    if sock is None:
         return False
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.getuid():
-            return False
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(path))
-            uid = _peer_uid(sock)
-            return uid is None or uid == os.getuid()
-    except OSError:
-        return False
+    sock.close()
+    return True
+
+
+def alive(path: Path | None = None) -> bool:
+    """A daemon answers a ping, or at least accepts connections (busy)."""
+    return ping(timeout=2.0, path=path) is not None or accepts(path)
 
 
 def ping(timeout: float = 0.5, path: Path | None = None) -> dict | None:
@@ -234,7 +246,7 @@ def fallback_slot(request: CompleteRequest, deadline: float):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise CmcError("busy: another cmc process is loading the model")
-            if ping(timeout=2.0) is not None or accepts():
+            if alive():
                 served = remote_complete(replace(request, wait_s=min(remaining, 600.0)), remaining)
                 if served is not None:
                     yield served
@@ -362,7 +374,7 @@ def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int
             "must be folders of yours, mode 0700, not symlinks"
         )
     if os.path.lexists(path):
-        if ping(timeout=2.0, path=path) is not None or accepts(path):
+        if alive(path):
             raise CmcError(f"a cmc daemon is already serving {path}")
         path.unlink()  # left by a daemon that died: nothing listens on it
     server = DaemonServer(path, idle_timeout)
