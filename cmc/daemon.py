@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from cmc import CmcError, __version__
+from cmc import CmcError, __version__, one_line
 from cmc.protocol import MAX_LINE_BYTES, CompleteRequest
 
 DEFAULT_IDLE_S = 900.0
@@ -260,11 +260,6 @@ def fallback_slot(request: CompleteRequest, deadline: float):
 # --- server ---------------------------------------------------------------------------------------
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _client_gone(conn: socket.socket) -> bool:
     """Whether the peer closed its end (a hook that timed out): its work is for nobody."""
     try:
@@ -291,7 +286,7 @@ class _Handler(socketserver.StreamRequestHandler):
                 try:
                     reply = server.answer(json.loads(raw), lambda: _client_gone(self.request))
                 except Exception as exc:  # a bad request must not take the daemon down
-                    reply = {"ok": False, "error": _one_line(exc)}
+                    reply = {"ok": False, "error": one_line(exc)}
             reply["version"] = __version__
             try:
                 self.wfile.write((json.dumps(reply) + "\n").encode())

@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmc import CmcError
+from cmc import CmcError, one_line
 
 HOOK_NAME = "prepare-commit-msg"
 MARKER = "cmc-managed-hook"
@@ -264,7 +264,7 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
     except Exception as exc:
         _log(git_dir, traceback.format_exc())
         print(
-            f"cmc: no suggestion ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            f"cmc: no suggestion ({one_line(exc)})",
             file=sys.stderr,
         )
     return 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cmc import CmcError
+from cmc import CmcError, one_line
 from cmc.prompt import DEFAULT_BUDGET, Budget
 from cmc.settings import NO_MODEL_HELP, is_model_dir
 
@@ -85,8 +85,7 @@ def load_tokenizer(spec: str) -> tuple[Any, Budget]:
         tokenizer = AutoTokenizer.from_pretrained(str(local) if local.exists() else spec,
                                                   trust_remote_code=False)  # fmt: skip
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CmcError(f"cannot load the tokenizer of {spec}: {first}") from exc
+        raise CmcError(f"cannot load the tokenizer of {spec}: {one_line(exc)}") from exc
     return tokenizer, read_budget(local) if local.exists() else DEFAULT_BUDGET
 
 
@@ -120,8 +119,7 @@ def load_model(spec: str) -> LoadedModel:
     except CmcError:
         raise
     except Exception as exc:  # corrupt safetensors, pickle-only weights, a bad config: one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CmcError(f"cannot load model {spec}: {first}") from exc
+        raise CmcError(f"cannot load model {spec}: {one_line(exc)}") from exc
     model.eval()
     loaded = LoadedModel(
         spec, model, tokenizer, read_budget(source) if local.exists() else DEFAULT_BUDGET
