@@ -75,6 +75,13 @@ def main() -> None:
     type=click.IntRange(1, 512),
     help="Most tokens the model adds.",
 )
+@click.option(
+    "--timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 600),
+    help="Seconds to wait for a busy daemon before giving up with an error.",
+)
 def complete(
     repo,
     prefix,
@@ -89,6 +96,7 @@ def complete(
     respect_enabled,
     beams,
     max_new_tokens,
+    timeout,
 ):
     """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
     from cmc.decoding import DecodeSettings
@@ -130,7 +138,7 @@ def complete(
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed = msgfile.parse(text, settings.comment_char).typed
-    result = complete_for(git_repo, settings, typed, decode)
+    result = complete_for(git_repo, settings, typed, decode, timeout=timeout)
     if not git_repo.has_staged_changes():  # said after a failure would have been said, in one line
         click.echo(
             "cmc: nothing is staged (git add first); completed for an empty change", err=True

@@ -218,6 +218,8 @@ def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: flo
     result = complete_with_daemon(request, start=settings.daemon, timeout=wait_s)
     if result is not None:
         return result
+    if time.monotonic() - started >= timeout:  # a live daemon kept us waiting: loading a second
+        raise CmcError(f"busy: no completion within {timeout:g}s (the daemon is still working)")
     with fallback_slot(request, started + timeout) as served:
         if served is not None:
             return served
@@ -287,6 +289,8 @@ class _Handler(socketserver.StreamRequestHandler):
                     reply = server.answer(json.loads(raw), lambda: _client_gone(self.request))
                 except Exception as exc:  # a bad request must not take the daemon down
                     reply = {"ok": False, "error": one_line(exc)}
+                    print(f"{time.strftime('%F %T')} request failed: {reply['error']}",
+                          file=sys.stderr, flush=True)  # fmt: skip
             reply["version"] = __version__
             try:
                 self.wfile.write((json.dumps(reply) + "\n").encode())
@@ -300,6 +304,9 @@ class _Handler(socketserver.StreamRequestHandler):
 
 class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # Clients arrive in herds (every editor buffer, a rebase's hooks): the kernel queues them while
+    # the accept loop waits for the GIL, rather than refusing connects after socketserver's 5.
+    request_queue_size = 128
 
     def __init__(self, path: Path, idle_timeout: float):
         from cmc.service import CompletionService

@@ -57,8 +57,11 @@ class _RepoEntry:
 
 
 def follow_suggestion(previous: Completion, typed: str) -> Completion | None:
-    """When the user typed more of what was suggested, the suggestion stands: no model run."""
-    if not typed.startswith(previous.typed) or len(typed) <= len(previous.typed):
+    """When the user typed more of what was suggested, the suggestion stands: no model run. The
+    same request again (a herd of clients, an editor asking twice) gets the same answer."""
+    if typed == previous.typed:
+        return Completion(typed, list(previous.candidates), previous.model, 0.0)
+    if not typed.startswith(previous.typed):
         return None
     kept = [
         c

@@ -46,11 +46,13 @@ class Daemon:
     def __init__(self, sock: Path, extra_env: dict | None = None, idle: float = 120):
         self.sock = sock
         self.env = cmc_env({"CMC_SOCKET": str(sock), "CMC_NO_DAEMON": "0", **(extra_env or {})})
-        self.proc = subprocess.Popen(["cmc", "serve", "--idle-timeout", str(idle)], env=self.env, start_new_session=True,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        self.log = sock.parent.parent / f"{sock.name}.stderr"  # a file: a full pipe would block it
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(["cmc", "serve", "--idle-timeout", str(idle)], env=self.env,
+                                         start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
         deadline = time.time() + 60
         while _request({"op": "ping"}, 0.5, sock) is None:
-            assert self.proc.poll() is None, self.proc.stderr.read().decode()
+            assert self.proc.poll() is None, self.log.read_text()
             assert time.time() < deadline
             time.sleep(0.1)
 
@@ -105,6 +107,12 @@ def test_daemon_answers_cli_and_reuses_the_prompt_while_typing(tmp_path, tiny_mo
     assert (
         along["reused_tokens"] == -1
         and along["result"]["candidates"][0]["continuation"] == LEARNED_MESSAGE[8:]
+    )
+    # The same request again (an editor asking twice, a herd): the same answer, no model run.
+    again = complete_req(repo, "Fix pars", d.sock)
+    assert (
+        again["reused_tokens"] == -1
+        and again["result"]["candidates"] == along["result"]["candidates"]
     )
     # Typing something else: the model runs, on top of the cached prompt.
     other = complete_req(repo, "Fix pars the", d.sock)
@@ -175,6 +183,25 @@ def test_daemon_killed_mid_request_the_commit_still_gets_a_message(tmp_path, tin
     _, err = commit.communicate(timeout=180)
     assert commit.returncode == 0, err
     assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE  # completed in-process instead
+
+
+@pytest.mark.slow
+def test_a_busy_daemon_past_the_deadline_is_an_error_not_a_second_model(
+    tmp_path, tiny_model, daemon
+):
+    """Waiting out a live daemon and then loading the model here too would only double the load."""
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    d = daemon(extra_env={"CMC_TEST_DAEMON_DELAY": "60"})
+    started = time.monotonic()
+    out = subprocess.run(["cmc", "complete", "--prefix", "Fix", "--timeout", "3"], cwd=repo,
+                         env=d.env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 1 and out.stdout == ""
+    assert (
+        out.stderr.startswith("cmc: error: busy: no completion within 3s")
+        and out.stderr.count("\n") == 1
+    )
+    assert time.monotonic() - started < 50  # did not load and run the model after giving up
+    assert d.proc.poll() is None
 
 
 def _connections(pid: int):
@@ -404,7 +431,7 @@ def test_a_herd_of_clients_is_served_by_the_daemon(tmp_path, tiny_model, daemon)
 
     with ThreadPoolExecutor(8) as pool:
         results = list(pool.map(one, range(8)))
-    assert [r["served_by"] for r in results] == ["daemon"] * 8
+    assert [r["served_by"] for r in results] == ["daemon"] * 8, d.log.read_text()
     assert {r["candidates"][0]["message"] for r in results} == {LEARNED_MESSAGE}
 
 
