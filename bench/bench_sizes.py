@@ -35,7 +35,7 @@ def main() -> int:
     )
     for spec in args.models:
         lm = load_model(spec)
-        params = sum(p.numel() for p in lm.model.parameters())
+        params = lm.model.num_parameters
         hook_t, key_t = [], []
         for row in rows[:5]:  # first calls of a model build its kernels: not what a user waits for
             complete_context(lm, context_from_row(row), "", DecodeSettings())

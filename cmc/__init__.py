@@ -1,6 +1,15 @@
 """cmc: history-aware commit message completion."""
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+if "numpy" not in _sys.modules:
+    # numpy's OpenBLAS starts a thread per core: a 9M model's products gain little from a second
+    # thread and lose a lot when the cores are busy (`cmc.model.inference_threads`). Set before
+    # numpy is first imported, which is the only time OpenBLAS reads it.
+    _os.environ.setdefault("OPENBLAS_NUM_THREADS", _os.environ.get("CMC_THREADS", "1"))
 
 
 class CmcError(Exception):

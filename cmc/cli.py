@@ -244,6 +244,10 @@ def hook_status(repo):
     settings = Settings.load(git_repo.cwd, git_repo.common_dir)
     click.echo(f"enabled: {'yes' if settings.enabled else 'no'}")
     click.echo(f"model: {settings.model or 'none (' + NO_MODEL_HELP + ')'}")
+    if settings.model:
+        from cmc.model import runtime_for
+
+        click.echo(f"runtime: {runtime_for(settings.model)}")
     click.echo(f"timeout: {settings.timeout:g}s")
 
 

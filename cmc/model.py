@@ -1,4 +1,10 @@
-"""Loading a model: any transformers `save_pretrained` folder or hub id (which one: `cmc.settings`)."""
+"""Loading a model: any transformers `save_pretrained` folder or hub id (which one: `cmc.settings`).
+
+A local Llama folder with a `tokenizer.json` (every model cmc trains, the bundled one included) runs
+on `cmc.runtime.llama.NumpyLlama` and `cmc.runtime.tokenizer.LeanTokenizer`: no torch, no
+transformers, ~0.1 s to load. Anything else loads through transformers (`cmc.runtime.hf`), as does
+everything when ``CMC_RUNTIME=transformers``.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ from cmc.settings import NO_MODEL_HELP, is_model_dir
 @dataclass
 class LoadedModel:
     name: str
-    model: Any
+    model: Any  # a runtime: NumpyLlama or TorchCausalLM (prefill / beams / step)
     tokenizer: Any
     budget: Budget
 
@@ -76,9 +82,67 @@ def check_model_spec(spec: str) -> Path:
     return local
 
 
+RUNTIMES = ("auto", "numpy", "transformers")
+
+
+def runtime_choice(runtime: str | None = None) -> str:
+    choice = (runtime or os.environ.get("CMC_RUNTIME") or "auto").strip().lower()
+    if choice not in RUNTIMES:
+        raise CmcError(f"CMC_RUNTIME={choice!r}: use one of {', '.join(RUNTIMES)}")
+    return choice
+
+
+def lean_unsupported(local: Path) -> str | None:
+    """Why the folder cannot run without transformers (None: it can)."""
+    from cmc.runtime.llama import unsupported
+
+    if not local.is_dir():
+        return "not a local folder"
+    if not (local / "tokenizer.json").is_file():
+        return "no tokenizer.json"
+    verdict = read_model_meta(local).get("runtime")
+    if isinstance(verdict, dict) and verdict.get("name") == "transformers":
+        return f"export check: {verdict.get('why', 'transformers only')}"
+    try:
+        config = json.loads((local / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        return f"config.json: {one_line(exc)}"
+    return unsupported(config)
+
+
+def runtime_for(spec: str) -> str:
+    """Which runtime `load_model` would use for ``spec``, and why (for `cmc hook status`)."""
+    choice = runtime_choice()
+    local = Path(spec).expanduser()
+    reason = lean_unsupported(local) if choice != "transformers" else "CMC_RUNTIME=transformers"
+    if reason is None:
+        return "numpy (cmc's Llama runtime: no torch)"
+    return f"transformers ({reason})"
+
+
+def _load_lean(spec: str, local: Path) -> LoadedModel:
+    from cmc.runtime.llama import NumpyLlama
+    from cmc.runtime.tokenizer import LeanTokenizer
+
+    try:
+        tokenizer = LeanTokenizer(local)
+        model = NumpyLlama(local)
+    except Exception as exc:  # corrupt safetensors, a bad config: one line
+        raise CmcError(f"cannot load model {spec}: {one_line(exc)}") from exc
+    return LoadedModel(spec, model, tokenizer, read_budget(local))
+
+
 def load_tokenizer(spec: str) -> tuple[Any, Budget]:
     """A model's tokenizer and prompt budget, without its weights (for `cmc prompt`)."""
     local = check_model_spec(spec)
+    if runtime_choice() != "transformers" and (local / "tokenizer.json").is_file():
+        from cmc.runtime.tokenizer import LeanTokenizer
+
+        try:
+            return LeanTokenizer(local), read_budget(local)
+        except Exception as exc:
+            raise CmcError(f"cannot load the tokenizer of {spec}: {one_line(exc)}") from exc
+    _need_transformers(spec, "its tokenizer needs transformers")
     from transformers import AutoTokenizer
 
     try:
@@ -89,13 +153,48 @@ def load_tokenizer(spec: str) -> tuple[Any, Budget]:
     return tokenizer, read_budget(local) if local.exists() else DEFAULT_BUDGET
 
 
-def load_model(spec: str) -> LoadedModel:
-    """Load a causal LM and its tokenizer (cached for the life of the process)."""
-    if spec in _LOADED:
-        return _LOADED[spec]
+def load_model(spec: str, runtime: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer (cached for the life of the process) on the numpy
+    runtime when it can run it, else (or with ``runtime="transformers"``) through transformers."""
+    choice = runtime_choice(runtime)
+    key = f"{choice}:{spec}"
+    if key in _LOADED:
+        return _LOADED[key]
     local = check_model_spec(spec)
+    reason = None
+    if choice != "transformers":
+        reason = lean_unsupported(local)
+        if reason is None:
+            _LOADED[key] = _load_lean(spec, local)
+            return _LOADED[key]
+        if choice == "numpy":
+            raise CmcError(f"model {spec} cannot run on the numpy runtime: {reason}")
+    _LOADED[key] = _load_transformers(spec, local, reason)
+    return _LOADED[key]
+
+
+TRANSFORMERS_EXTRA = "pip install 'cmc[transformers]'"
+
+
+def _need_transformers(spec: str, why: str | None) -> None:
+    """A one-line error when the fallback runtime is not installed (it is an extra)."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:
+        because = f" ({why})" if why else ""
+        raise CmcError(f"model {spec} needs {' and '.join(missing)}{because}: {TRANSFORMERS_EXTRA}")
+
+
+def _load_transformers(spec: str, local: Path, why: str | None = None) -> LoadedModel:
+    _need_transformers(spec, why and f"the numpy runtime does not run it: {why}")
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+    )
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -105,12 +204,11 @@ def load_model(spec: str) -> LoadedModel:
     try:
         # Never run a model folder's own Python (no interactive "trust this code?" either).
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
-        if config.is_encoder_decoder:
-            # The paper's released checkpoints are T5s; their prompt puts history in the decoder,
-            # which the shared prompt format does not build yet.
-            raise CmcError(f"model {spec} is an encoder-decoder (seq2seq); cmc needs a causal LM")
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(
+        # The paper's released checkpoints are encoder-decoders (CodeT5): diff in the encoder,
+        # history and message in the decoder (`cmc.prompt.build_seq2seq_prompt`).
+        auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        model = auto.from_pretrained(
             source,
             dtype=_cpu_dtype(),
             trust_remote_code=False,
@@ -121,8 +219,11 @@ def load_model(spec: str) -> LoadedModel:
     except Exception as exc:  # corrupt safetensors, pickle-only weights, a bad config: one line
         raise CmcError(f"cannot load model {spec}: {one_line(exc)}") from exc
     model.eval()
-    loaded = LoadedModel(
-        spec, model, tokenizer, read_budget(source) if local.exists() else DEFAULT_BUDGET
-    )
-    _LOADED[spec] = loaded
-    return loaded
+    from cmc.runtime.hf import TorchCausalLM, TorchSeq2Seq
+
+    budget = read_budget(source) if local.exists() else DEFAULT_BUDGET
+    if config.is_encoder_decoder:
+        if tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
+            raise CmcError(f"model {spec}: its tokenizer lacks the BOS/EOS tokens of the layout")
+        return LoadedModel(spec, TorchSeq2Seq(model, tokenizer.eos_token_id), tokenizer, budget)
+    return LoadedModel(spec, TorchCausalLM(model), tokenizer, budget)

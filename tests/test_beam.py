@@ -1,6 +1,7 @@
 """cmc's own beam search is pinned to transformers' `generate` (same logits processors, beam 5,
-length penalty 1, heuristic stopping): same hypotheses, same scores. bench/bench_decode.py measures
-why it exists (it reuses the prompt's KV cache and runs no per-step generation machinery)."""
+length penalty 1, heuristic stopping): same hypotheses, same scores, on the transformers runtime and
+on the numpy one. bench/bench_decode.py measures why it exists (it reuses the prompt's KV cache and
+runs no per-step generation machinery)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,19 @@ from cmc.model import load_model
 from cmc.prompt import build_prompt, eos_token_id, split_typed
 
 
+class _AsHF:
+    """One of cmc's (numpy) logits processors as transformers' generate calls them."""
+
+    def __init__(self, proc):
+        self.proc = proc
+
+    def __call__(self, input_ids, scores):
+        out = self.proc(input_ids.tolist(), scores.numpy().copy())
+        return torch.from_numpy(out)
+
+
 def hf_beams(model, ids, processors, beams, max_new, eos):
+    processors = [_AsHF(p) for p in processors]
     with torch.inference_mode():
         out = model.generate(
             torch.tensor([ids]), num_beams=beams, num_return_sequences=beams, max_new_tokens=max_new,
@@ -35,10 +48,12 @@ def hf_beams(model, ids, processors, beams, max_new, eos):
     return found
 
 
+@pytest.mark.parametrize("runtime", ["numpy", "transformers"])
 @pytest.mark.parametrize("typed", ["", "F", "Fix pa", "Fix parser crash on", "Add sup"])
 @pytest.mark.parametrize("diff", ["learned", "other"])
-def test_own_beam_search_equals_generate(tiny_model, typed, diff):
-    lm = load_model(str(tiny_model))
+def test_own_beam_search_equals_generate(tiny_model, typed, diff, runtime):
+    lm = load_model(str(tiny_model), runtime)
+    hf = load_model(str(tiny_model), "transformers").model.hf
     text = learned_diff() if diff == "learned" else "docs/x.md\n+ a line about something else"
     head, tail = split_typed(typed)
     prompt = build_prompt(lm.tokenizer, text, ["Add tests for the tokenizer"], head, finished=False)
@@ -55,7 +70,7 @@ def test_own_beam_search_equals_generate(tiny_model, typed, diff):
     ours = beam_search(
         lm.model, ids, prompt.message_start, processors(), 5, max_new, eos, PromptCache()
     )
-    theirs = hf_beams(lm.model, ids, processors(), 5, max_new, eos)
+    theirs = hf_beams(hf, ids, processors(), 5, max_new, eos)
     assert [t for t, _ in ours[:5]] == [t for t, _ in theirs]
     assert [s for _, s in ours[:5]] == pytest.approx([s for _, s in theirs], abs=1e-4)
     if diff == "learned" and LEARNED_MESSAGE.startswith(typed):

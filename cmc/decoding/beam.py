@@ -1,4 +1,4 @@
-"""Beam search on a transformers causal LM that completes typed text, healing a half-typed last word.
+"""Beam search that completes typed text, healing a half-typed last word, on any `cmc.runtime`.
 
 `split_typed` (in `cmc.prompt`) leaves the typed tail (``" bu"`` of ``"Fix the bu"``) out of the
 prompt. `TypedTailConstraint` then allows, at each step, only tokens whose bytes agree with what is
@@ -13,14 +13,11 @@ the prompt must not ban the n-grams a message legitimately repeats from them.
 from __future__ import annotations
 
 import bisect
-import copy
-import inspect
 import re
 from functools import lru_cache
 from typing import Any, ClassVar
 
-import torch
-from transformers import LogitsProcessor
+import numpy as np
 
 from cmc.decoding import Candidate, DecodeSettings
 from cmc.prompt import Prompt, eos_token_id, split_typed
@@ -68,7 +65,7 @@ class TokenTable:
         self._exact: dict[bytes, list[int]] = {}
         for b, i in entries:
             self._exact.setdefault(b, []).append(i)
-        self._allowed: dict[bytes, torch.Tensor] = {}
+        self._allowed: dict[bytes, np.ndarray] = {}
 
     @classmethod
     def of(cls, tokenizer: Any) -> TokenTable:
@@ -85,7 +82,7 @@ class TokenTable:
     def text(self, ids: list[int]) -> bytes:
         return b"".join(self.bytes[i] or b"" for i in ids if i < len(self.bytes))
 
-    def allowed(self, remaining: bytes) -> torch.Tensor:
+    def allowed(self, remaining: bytes) -> np.ndarray:
         """Bool mask of tokens consistent with ``remaining`` (its prefix, or running past it)."""
         mask = self._allowed.get(remaining)
         if mask is None:
@@ -97,7 +94,7 @@ class TokenTable:
             ok.extend(self._ids[lo:hi])
             for k in range(1, len(remaining)):
                 ok.extend(self._exact.get(remaining[:k], ()))
-            mask = torch.zeros(self.vocab_size, dtype=torch.bool)
+            mask = np.zeros(self.vocab_size, dtype=bool)
             mask[ok] = True
             if len(self._allowed) > 4096:
                 self._allowed.clear()
@@ -105,37 +102,40 @@ class TokenTable:
         return mask
 
 
-class TypedTailConstraint(LogitsProcessor):
-    """Force generation (from position ``start``) to begin with the bytes of ``tail``."""
+class TypedTailConstraint:
+    """Force generation (from position ``start``) to begin with the bytes of ``tail``.
+
+    Logits processors here take the hypotheses (each the whole sequence, prompt included) and
+    their log-probabilities (hypotheses, vocab), and return the scores to use."""
 
     def __init__(self, table: TokenTable, tail: str, start: int):
         self.table, self.tail, self.start = table, tail.encode(), start
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
         if not self.tail:
             return scores
-        for row in range(input_ids.shape[0]):
-            produced = self.table.text(input_ids[row, self.start :].tolist())
+        for row, seq in enumerate(seqs):
+            produced = self.table.text(seq[self.start :])
             if len(produced) >= len(self.tail):
                 continue
             mask = self.table.allowed(self.tail[len(produced) :])
             width = min(mask.shape[0], scores.shape[1])
-            blocked = torch.ones(scores.shape[1], dtype=torch.bool)
+            blocked = np.ones(scores.shape[1], dtype=bool)
             blocked[:width] = ~mask[:width]
-            scores[row, blocked] = -float("inf")
+            scores[row, blocked] = -np.inf
         return scores
 
 
-class MessageNoRepeatNGram(LogitsProcessor):
+class MessageNoRepeatNGram:
     """no_repeat_ngram_size over the message tokens only (from position ``start``)."""
 
     def __init__(self, n: int, start: int):
         self.n, self.start = n, start
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
         n = self.n
-        for row in range(input_ids.shape[0]):
-            toks = input_ids[row, self.start :].tolist()
+        for row, seq in enumerate(seqs):
+            toks = seq[self.start :]
             if len(toks) < n:
                 continue
             prev = tuple(toks[len(toks) - n + 1 :])
@@ -145,32 +145,32 @@ class MessageNoRepeatNGram(LogitsProcessor):
                 if tuple(toks[i : i + n - 1]) == prev
             ]
             if banned:
-                scores[row, banned] = -float("inf")
+                scores[row, banned] = -np.inf
         return scores
 
 
 class PromptCache:
-    """KV states of recent prompts, so a prompt that extends one of them only runs its new tokens.
+    """Prompt states of recent prompts, so a prompt that extends one of them only runs its new
+    tokens.
 
     While the diff and history stay the same and the user keeps typing, each prompt extends the
     previous one (the typed text is at its end): only the new tokens go through the model. The
-    context alone (up to ``<|msg|>``) is kept too, so deleting typed text still reuses it.
+    context alone (up to ``<|msg|>``) is kept too, so deleting typed text still reuses it. A
+    runtime's `prefill` never changes the state it extends, so entries are kept as they are.
     """
 
     def __init__(self, keep: int = 3):
         self.keep = keep
-        self.entries: list[
-            tuple[tuple[int, ...], Any, torch.Tensor]
-        ] = []  # (ids, cache, last logits)
+        self.entries: list[tuple[tuple[int, ...], Any, np.ndarray]] = []  # (ids, state, logits)
         self.reused_tokens = 0  # of the last prefill, for tests and benchmarks
 
-    def _store(self, ids: tuple[int, ...], cache: Any, logits: torch.Tensor) -> None:
+    def _store(self, ids: tuple[int, ...], state: Any, logits: np.ndarray) -> None:
         self.entries = [e for e in self.entries if e[0] != ids]
-        self.entries.insert(0, (ids, copy.deepcopy(cache), logits))
+        self.entries.insert(0, (ids, state, logits))
         del self.entries[self.keep :]
 
-    def prefill(self, model: Any, ids: list[int], context_len: int) -> tuple[Any, torch.Tensor]:
-        """A cache holding ``ids`` (a fresh copy, the caller may extend it) and the last logits."""
+    def prefill(self, runtime: Any, ids: list[int], context_len: int) -> tuple[Any, np.ndarray]:
+        """The prompt state holding ``ids`` and its last logits."""
         key = tuple(ids)
         best = None
         for entry in self.entries:
@@ -179,47 +179,38 @@ class PromptCache:
                 best = entry
         if best is not None and len(best[0]) == len(key):
             self.reused_tokens = len(key)
-            return copy.deepcopy(best[1]), best[2]
+            return best[1], best[2]
         if best is None:
-            from transformers import DynamicCache
-
-            cache, done = DynamicCache(), 0
+            state, done = None, 0
             self.reused_tokens = 0
             if 0 < context_len < len(key):  # the context first: it outlives any typed text
-                logits = _forward(model, list(key[:context_len]), cache)
-                self._store(key[:context_len], cache, logits)
+                state, logits = runtime.prefill(None, list(key[:context_len]))
+                self._store(key[:context_len], state, logits)
                 done = context_len
         else:
-            cache, done = copy.deepcopy(best[1]), len(best[0])
+            state, done = best[1], len(best[0])
             self.reused_tokens = done
-        logits = _forward(model, list(key[done:]), cache)
-        self._store(key, cache, logits)
-        return cache, logits
+        state, logits = runtime.prefill(state, list(key[done:]))
+        self._store(key, state, logits)
+        return state, logits
 
 
-@lru_cache(maxsize=8)
-def _cache_argument(model_class: type) -> str:
-    # transformers renamed `past_key_values` to `cache` (5.2x); accept both.
-    params = inspect.signature(model_class.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
 
 
-def _step(model: Any, ids: torch.Tensor, cache: Any) -> torch.Tensor:
-    """Run ``ids`` through the model on top of ``cache``; float logits of the last position."""
-    kw = {_cache_argument(type(model)): cache}
-    return model(input_ids=ids, use_cache=True, logits_to_keep=1, **kw).logits[:, -1].float()
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values, largest first (ties: lower index first)."""
+    part = np.argpartition(-values, k - 1)[:k] if k < values.size else np.arange(values.size)
+    return part[np.lexsort((part, -values[part]))]
 
 
-def _forward(model: Any, ids: list[int], cache: Any) -> torch.Tensor:
-    return _step(model, torch.tensor([ids], dtype=torch.long), cache)
-
-
-@torch.inference_mode()
 def beam_search(
-    model: Any,
+    runtime: Any,
     prompt_ids: list[int],
     message_start: int,
-    processors: list[LogitsProcessor],
+    processors: list[Any],
     beams: int,
     max_new: int,
     eos_id: int,
@@ -228,45 +219,46 @@ def beam_search(
     stops: Any = None,
     cancelled: Any = None,
 ) -> list[tuple[list[int], float]]:
-    """Beam search on the model's KV cache; ``beams=1`` is greedy. Returns (tokens, score), best first.
+    """Beam search on a runtime (`cmc.runtime`); ``beams=1`` is greedy. Returns (tokens, score),
+    best first; pinned to transformers' `generate` (tests/test_beam.py).
 
     Scores are summed log-probabilities divided by length ** length_penalty (as in transformers).
     ``stops(tokens, token)`` may end a hypothesis on other tokens than ``eos_id`` (without them).
     ``cancelled()``, checked before each step, abandons the search (`Cancelled`).
     """
-    from transformers import DynamicCache
-
     if cache is not None:
-        kv, logits = cache.prefill(model, prompt_ids, message_start)
+        state, logits = cache.prefill(runtime, prompt_ids, message_start)
     else:
-        kv = DynamicCache()
-        logits = _forward(model, prompt_ids, kv)
-    seqs = torch.tensor([prompt_ids], dtype=torch.long)
-    running = torch.zeros(1)
+        state, logits = runtime.prefill(None, prompt_ids)
+    search = runtime.beams(state, max_new)
+    logits = logits[None, :]
+    seqs: list[list[int]] = [list(prompt_ids)]
+    running = np.zeros(1, dtype=np.float32)
     finished: list[tuple[list[int], float]] = []
     start = len(prompt_ids)
     for step in range(max_new):
         if cancelled is not None and cancelled():
             raise Cancelled("the request was abandoned")
-        logp = torch.log_softmax(logits, dim=-1)
+        logp = _log_softmax(np.asarray(logits, dtype=np.float32))
         for proc in processors:
             logp = proc(seqs, logp)
-        cand = (running[:, None] + logp).view(-1)
-        top_scores, top_idx = cand.topk(min(2 * beams, cand.numel()))
+        cand = (running[:, None] + logp).reshape(-1)
+        top_idx = _top(cand, min(2 * beams, cand.size))
         vocab = logp.shape[-1]
         last = step + 1 == max_new
         keep_rows, keep_tokens, keep_scores = [], [], []
-        for rank, (score, idx) in enumerate(zip(top_scores.tolist(), top_idx.tolist())):
+        for rank, idx in enumerate(top_idx.tolist()):
+            score = float(cand[idx])
             if score == -float("inf"):
                 break
             row, token = divmod(idx, vocab)
-            if token == eos_id or (stops is not None and stops(seqs[row, start:].tolist(), token)):
+            if token == eos_id or (stops is not None and stops(seqs[row][start:], token)):
                 if rank < beams:  # as in transformers: an end only counts among the top `beams`
-                    tokens = seqs[row, start:].tolist()
+                    tokens = seqs[row][start:]
                     finished.append((tokens, score / (len(tokens) + 1) ** length_penalty))
             else:
                 if last and rank < beams:  # out of room: the top beams end here, as in transformers
-                    tokens = [*seqs[row, start:].tolist(), token]
+                    tokens = [*seqs[row][start:], token]
                     finished.append((tokens, score / len(tokens) ** length_penalty))
                 keep_rows.append(row)
                 keep_tokens.append(token)
@@ -281,12 +273,9 @@ def beam_search(
             worst = sorted(h[1] for h in finished)[-beams]
             if worst >= max(keep_scores) / (step + 1) ** length_penalty:
                 break
-        order = torch.tensor(keep_rows, dtype=torch.long)
-        toks = torch.tensor(keep_tokens, dtype=torch.long)
-        running = torch.tensor(keep_scores)
-        seqs = torch.cat([seqs[order], toks[:, None]], dim=1)
-        kv.reorder_cache(order)
-        logits = _step(model, toks[:, None], kv)
+        running = np.asarray(keep_scores, dtype=np.float32)
+        seqs = [[*seqs[r], t] for r, t in zip(keep_rows, keep_tokens)]
+        logits = runtime.step(search, np.asarray(keep_rows), np.asarray(keep_tokens))
     finished.sort(key=lambda item: -item[1])
     return finished
 
@@ -319,10 +308,12 @@ def generate_candidates(
     head, tail = split_typed(typed)
     n = settings.num_candidates
     prompt_ids, message_start = prompt.input_ids, prompt.message_start
-    eos_id = eos_token_id(tokenizer)
+    eos_id = getattr(model, "eos_id", None)
+    if eos_id is None:
+        eos_id = eos_token_id(tokenizer)
     table = TokenTable.of(tokenizer)
     start = len(prompt_ids)
-    processors: list[LogitsProcessor] = [TypedTailConstraint(table, tail, start)]
+    processors: list[Any] = [TypedTailConstraint(table, tail, start)]
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
     beams = max(settings.num_beams, n)

@@ -1,0 +1,294 @@
+"""Llama decoder forward in numpy: the completion runtime of cmc's own models, no torch.
+
+Why not transformers on torch: importing them costs ~6 s of a cold completion here, each generated
+token pays ~5 ms of Python around a 9M model, and torch's thread pool collapses when the cores are
+busy. This is the arithmetic of `transformers.LlamaForCausalLM` (RMSNorm, rotary positions, grouped
+attention, SiLU MLP, tied or separate head) on float32 arrays, with two changes of layout only:
+
+* q/k/v and gate/up are fused into one matrix each (fewer, larger BLAS calls per token);
+* the beams of a search share **one** copy of the prompt's keys and values: every beam attends to
+  it through one matrix product, and only the few tokens each beam generated are per beam and
+  reordered. transformers copies the whole prompt KV into each beam, about half of beam-5's cost.
+
+States are values: `PromptState` is never changed in place (extending it makes a new one), so the
+daemon's prompt cache keeps them without copying.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cmc.runtime.weights import read_weights
+
+ARCHITECTURES = ("LlamaForCausalLM",)
+
+
+def unsupported(config: dict) -> str | None:
+    """Why this config cannot run here (None: it can)."""
+    archs = config.get("architectures") or []
+    if config.get("model_type") != "llama" or not set(archs) <= set(ARCHITECTURES):
+        return f"architecture {'/'.join(archs) or config.get('model_type')}"
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    if (rope.get("rope_type") or rope.get("type") or "default") != "default":
+        return f"rope type {rope.get('rope_type') or rope.get('type')}"
+    if config.get("hidden_act", "silu") != "silu":
+        return f"activation {config.get('hidden_act')}"
+    if config.get("pretraining_tp", 1) != 1:
+        return "pretraining_tp"
+    return None
+
+
+@dataclass(frozen=True)
+class PromptState:
+    """Keys and values of a prompt (batch of one), per layer: keys (kv_heads, head_dim, length),
+    transposed so that every query product is one contiguous BLAS call; values (kv_heads, length,
+    head_dim)."""
+
+    k: tuple[np.ndarray, ...]
+    v: tuple[np.ndarray, ...]
+    length: int
+
+
+@dataclass
+class BeamState:
+    """The beams of one search: the shared prompt, and per beam only what it generated."""
+
+    prompt: PromptState
+    capacity: int
+    k: list[np.ndarray] = field(default_factory=list)  # (beams, kv_heads, capacity, head_dim)
+    v: list[np.ndarray] = field(default_factory=list)
+    length: int = 0  # generated tokens held
+
+
+@dataclass
+class _Layer:
+    """Matrices stored (in, out), contiguous: ``x @ w`` is the fastest product measured here."""
+
+    norm_in: np.ndarray
+    qkv: np.ndarray  # (hidden, q + 2 kv widths)
+    qkv_bias: np.ndarray | None
+    o: np.ndarray
+    o_bias: np.ndarray | None
+    norm_post: np.ndarray
+    gate_up: np.ndarray  # (hidden, 2 * intermediate)
+    down: np.ndarray
+    mlp_bias: tuple[np.ndarray, np.ndarray] | None
+
+
+class NumpyLlama:
+    kind = "numpy"
+
+    def __init__(self, folder: str | Path):
+        folder = Path(folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        reason = unsupported(cfg)
+        if reason:
+            raise ValueError(f"the numpy runtime does not run {reason}")
+        self.config = cfg
+        self.hidden = cfg["hidden_size"]
+        self.heads = cfg["num_attention_heads"]
+        self.kv_heads = cfg.get("num_key_value_heads") or self.heads
+        self.head_dim = cfg.get("head_dim") or self.hidden // self.heads
+        self.group = self.heads // self.kv_heads
+        self.eps = float(cfg.get("rms_norm_eps", 1e-6))
+        rope = cfg.get("rope_parameters") or {}
+        theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        self.max_positions = int(cfg.get("max_position_embeddings", 2048))
+        half = np.arange(0, self.head_dim, 2, dtype=np.int64).astype(np.float32) / self.head_dim
+        self.inv_freq = (1.0 / (theta**half)).astype(np.float32)
+        self._rope_cache = (np.zeros((0, self.head_dim), np.float32),) * 2
+
+        w = read_weights(folder)
+
+        def take(name: str) -> np.ndarray:
+            try:
+                return w.pop(name)
+            except KeyError:
+                raise ValueError(f"weights lack {name}") from None
+
+        self.embed = take("model.embed_tokens.weight")
+        head = w.pop("lm_head.weight", None)
+        if head is None and not cfg.get("tie_word_embeddings", True):
+            raise ValueError("weights lack lm_head.weight")
+        self.lm_head = np.ascontiguousarray((self.embed if head is None else head).T)
+        self.norm = take("model.norm.weight")
+        self.layers = []
+        for i in range(cfg["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            a, m = p + "self_attn.", p + "mlp."
+            qkv_bias = None
+            if cfg.get("attention_bias"):
+                qkv_bias = np.concatenate([take(a + f"{x}_proj.bias") for x in "qkv"])
+            o_bias = take(a + "o_proj.bias") if cfg.get("attention_bias") else None
+            mlp_bias = None
+            if cfg.get("mlp_bias"):
+                gb, ub = take(m + "gate_proj.bias"), take(m + "up_proj.bias")
+                mlp_bias = (np.concatenate([gb, ub]), take(m + "down_proj.bias"))
+
+            def t(*names: str) -> np.ndarray:
+                return np.ascontiguousarray(np.concatenate([take(n) for n in names]).T)
+
+            self.layers.append(
+                _Layer(
+                    norm_in=take(p + "input_layernorm.weight"),
+                    qkv=t(*(a + f"{x}_proj.weight" for x in "qkv")),
+                    qkv_bias=qkv_bias,
+                    o=t(a + "o_proj.weight"),
+                    o_bias=o_bias,
+                    norm_post=take(p + "post_attention_layernorm.weight"),
+                    gate_up=t(m + "gate_proj.weight", m + "up_proj.weight"),
+                    down=t(m + "down_proj.weight"),
+                    mlp_bias=mlp_bias,
+                )
+            )
+        self.vocab_size = self.lm_head.shape[1]
+        self.num_parameters = (
+            sum(
+                a.size
+                for layer in self.layers
+                for a in vars(layer).values()
+                if isinstance(a, np.ndarray)
+            )
+            + self.embed.size
+            + self.norm.size
+            + (0 if head is None else head.size)
+        )
+
+    # --- pieces ---------------------------------------------------------------------------------
+
+    def _rms(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+        var = np.mean(np.square(x), axis=-1, keepdims=True)
+        return weight * (x / np.sqrt(var + self.eps))
+
+    def _rope(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        cos, sin = self._rope_cache
+        if start + n > cos.shape[0]:
+            size = max(start + n, 2 * cos.shape[0], 256)
+            freqs = np.arange(size, dtype=np.float32)[:, None] * self.inv_freq[None, :]
+            emb = np.concatenate([freqs, freqs], axis=-1)
+            self._rope_cache = (np.cos(emb), np.sin(emb))
+            cos, sin = self._rope_cache
+        return cos[start : start + n], sin[start : start + n]
+
+    def _rotate(self, x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+        half = self.head_dim // 2
+        rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return x * cos + rotated * sin
+
+    def _qkv(self, layer: _Layer, x: np.ndarray):
+        h = self._rms(x, layer.norm_in)
+        qkv = h @ layer.qkv
+        if layer.qkv_bias is not None:
+            qkv += layer.qkv_bias
+        nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
+
+    def _out_and_mlp(self, layer: _Layer, x: np.ndarray, attn: np.ndarray) -> np.ndarray:
+        o = attn @ layer.o
+        if layer.o_bias is not None:
+            o += layer.o_bias
+        x = x + o
+        h = self._rms(x, layer.norm_post)
+        gu = h @ layer.gate_up
+        if layer.mlp_bias is not None:
+            gu += layer.mlp_bias[0]
+        inter = gu.shape[-1] // 2
+        gate, up = gu[:, :inter], gu[:, inter:]
+        act = gate / (1.0 + np.exp(-gate)) * up
+        down = act @ layer.down
+        if layer.mlp_bias is not None:
+            down += layer.mlp_bias[1]
+        return x + down
+
+    def _logits(self, x: np.ndarray) -> np.ndarray:
+        return self._rms(x, self.norm) @ self.lm_head
+
+    def _check_room(self, length: int) -> None:
+        if length > self.max_positions:
+            raise ValueError(f"{length} tokens exceed the model's {self.max_positions} positions")
+
+    # --- the two entry points -----------------------------------------------------------------
+
+    def prefill(self, state: PromptState | None, ids: list[int]) -> tuple[PromptState, np.ndarray]:
+        """Run ``ids`` after ``state`` (None: from scratch); the new state and the last logits."""
+        past = 0 if state is None else state.length
+        n = len(ids)
+        if n == 0:
+            raise ValueError("nothing to prefill")
+        self._check_room(past + n)
+        hd, kvh, g = self.head_dim, self.kv_heads, self.group
+        cos, sin = self._rope(past, n)
+        x = self.embed[np.asarray(ids)]
+        # query row r (position past + r % n) may see keys up to past + r % n
+        keys_pos = np.arange(past + n)
+        mask = np.where(keys_pos[None, :] > (past + np.arange(n))[:, None], -np.inf, 0.0)
+        mask = np.tile(mask.astype(np.float32), (g, 1))
+        scale = np.float32(hd**-0.5)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x)
+            q = self._rotate(q.reshape(n, self.heads, hd).transpose(1, 0, 2), cos, sin)
+            k = self._rotate(k.reshape(n, kvh, hd).transpose(1, 0, 2), cos, sin).transpose(0, 2, 1)
+            v = v.reshape(n, kvh, hd).transpose(1, 0, 2)
+            if state is not None:
+                k = np.concatenate([state.k[i], k], axis=2)
+                v = np.concatenate([state.v[i], v], axis=1)
+            k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
+            ks.append(k)
+            vs.append(v)
+            scores = (np.ascontiguousarray(q).reshape(kvh, g * n, hd) @ k) * scale + mask
+            scores = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            scores /= scores.sum(axis=-1, keepdims=True)
+            attn = (scores @ v).reshape(self.heads, n, hd).transpose(1, 0, 2).reshape(n, -1)
+            x = self._out_and_mlp(layer, x, attn)
+        return PromptState(tuple(ks), tuple(vs), past + n), self._logits(x[-1:])[0]
+
+    def beams(self, state: PromptState, capacity: int) -> BeamState:
+        return BeamState(state, capacity)
+
+    def step(self, beams: BeamState, order: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+        """Reorder the beams' own keys and values by ``order``, then run one new token per beam;
+        the logits (beams, vocab)."""
+        b = len(tokens)
+        t = beams.length
+        pos = beams.prompt.length + t
+        self._check_room(pos + 1)
+        if t >= beams.capacity:
+            raise ValueError("beam state is full")
+        hd, kvh, g = self.head_dim, self.kv_heads, self.group
+        order = np.asarray(order)
+        if not beams.k:
+            shape = (b, kvh, beams.capacity, hd)
+            beams.k = [np.zeros(shape, np.float32) for _ in self.layers]
+            beams.v = [np.zeros(shape, np.float32) for _ in self.layers]
+        elif t and (len(order) != beams.k[0].shape[0] or np.any(order != np.arange(len(order)))):
+            beams.k = [k[order] for k in beams.k]
+            beams.v = [v[order] for v in beams.v]
+        cos, sin = self._rope(pos, 1)
+        x = self.embed[np.asarray(tokens)]
+        scale = np.float32(hd**-0.5)
+        for i, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, x)
+            q = self._rotate(q.reshape(b, self.heads, hd), cos, sin)  # (b, heads, hd)
+            beams.k[i][:, :, t] = self._rotate(k.reshape(b, kvh, hd), cos, sin)
+            beams.v[i][:, :, t] = v.reshape(b, kvh, hd)
+            q4 = q.reshape(b, kvh, g, hd)
+            # the prompt, shared: all beams' queries of a kv head in one product
+            qs = q4.transpose(1, 0, 2, 3).reshape(kvh, b * g, hd)
+            sp = (qs @ beams.prompt.k[i]) * scale  # (kvh, b*g, prompt)
+            sg = (q4 @ beams.k[i][:, :, : t + 1].transpose(0, 1, 3, 2)) * scale  # (b,kvh,g,t+1)
+            sp4 = sp.reshape(kvh, b, g, -1).transpose(1, 0, 2, 3)
+            top = np.maximum(sp4.max(axis=-1), sg.max(axis=-1))[..., None]
+            ep = np.exp(sp - top.transpose(1, 0, 2, 3).reshape(kvh, b * g, 1))
+            eg = np.exp(sg - top)
+            denom = ep.reshape(kvh, b, g, -1).sum(axis=-1).transpose(1, 0, 2) + eg.sum(axis=-1)
+            out = (ep @ beams.prompt.v[i]).reshape(kvh, b, g, hd).transpose(1, 0, 2, 3)
+            out = out + eg @ beams.v[i][:, :, : t + 1]
+            attn = (out / denom[..., None]).reshape(b, -1)
+            x = self._out_and_mlp(layer, x, attn)
+        beams.length = t + 1
+        return self._logits(x)

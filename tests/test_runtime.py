@@ -1,0 +1,254 @@
+"""The numpy runtime is pinned to transformers: same logits, same candidates, same token ids.
+
+Real models: the bundled one, tiny random Llamas built here in the shapes the numpy runtime must
+handle (grouped-query attention, biases, an untied head, bf16 and sharded weights), and a GPT-2 for
+the transformers fallback.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cmc import CmcError
+from cmc.decoding import KEYSTROKE, DecodeSettings
+from cmc.decoding.beam import PromptCache, TokenTable, generate_candidates
+from cmc.diffs import Mod, process_diff
+from cmc.model import load_model, load_tokenizer
+from cmc.prompt import build_prompt, split_typed
+from cmc.runtime.tokenizer import LeanTokenizer
+from cmc.settings import BUNDLED_MODEL
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def real_diffs(n: int) -> list[str]:
+    """Diffs of this project's own source files, as if each were added: real code, no fixture."""
+    files = sorted((ROOT / "cmc").rglob("*.py"))[:n]
+    out = []
+    for f in files:
+        lines = f.read_text().splitlines()[:60]
+        raw = f"@@ -0,0 +1,{len(lines)} @@\n" + "".join(f"+{line}\n" for line in lines)
+        out.append(process_diff([Mod("ADD", None, str(f.relative_to(ROOT)), raw)]))
+    return out
+
+
+def random_llama(path: Path, tokenizer_from: Path, dtype=torch.float32, shard: bool = False, **kw):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = LeanTokenizer(tokenizer_from)
+    cfg = dict(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=1024,
+        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, rms_norm_eps=1e-5,
+    )  # fmt: skip
+    cfg.update(kw)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(**cfg)).to(dtype)
+    with torch.no_grad():  # biases start at zero: make them matter
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "norm" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(path, max_shard_size="100KB" if shard else "5GB")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).write_bytes((tokenizer_from / name).read_bytes())
+    return path
+
+
+def both(spec: str):
+    return load_model(spec, "numpy"), load_model(spec, "transformers")
+
+
+def test_bundled_model_runs_without_torch_or_transformers(tmp_path):
+    """A cold completion imports neither (they are most of the cold start)."""
+    code = (
+        "import sys; from cmc.model import load_model; from cmc.complete import Context, "
+        "complete_context; lm = load_model(sys.argv[1]); "
+        "r = complete_context(lm, Context('a.py\\n+print(1)', []), 'Add', "
+        "__import__('cmc.decoding', fromlist=['x']).KEYSTROKE); "
+        "print(lm.model.kind, 'torch' in sys.modules, 'transformers' in sys.modules, bool(r.candidates))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(BUNDLED_MODEL)], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["numpy", "False", "False", "True"]
+
+
+def test_lean_tokenizer_gives_the_same_ids_as_transformers():
+    from transformers import AutoTokenizer
+
+    lean = LeanTokenizer(BUNDLED_MODEL)
+    full = AutoTokenizer.from_pretrained(str(BUNDLED_MODEL))
+    texts = [*real_diffs(6), "Fix ünïcödé 😀 <|msg|> and <|endoftext|>", "  spaces\t\n"]
+    for text in texts:
+        assert lean.encode(text, add_special_tokens=False) == full.encode(
+            text, add_special_tokens=False
+        )
+        ids = full.encode(text, add_special_tokens=False)
+        assert lean.decode(ids) == full.decode(ids)
+    assert lean.eos_token_id == full.eos_token_id and len(lean) == len(full)
+    assert sorted(lean.all_special_ids) == sorted(full.all_special_ids)
+    assert TokenTable(lean).bytes == TokenTable(full).bytes
+    for typed in ["", "Fix the bu", "Add support for"]:
+        head, _ = split_typed(typed)
+        a = build_prompt(lean, texts[0], ["Add tests"], head, finished=False)
+        b = build_prompt(full, texts[0], ["Add tests"], head, finished=False)
+        assert a == b
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        {},
+        {"num_key_value_heads": 2},  # grouped-query attention
+        {"num_key_value_heads": 1, "attention_bias": True, "mlp_bias": True},
+        {"tie_word_embeddings": False, "head_dim": 32},
+        {"rope_theta": 500.0},
+    ],
+    ids=["plain", "gqa", "mqa-bias", "untied-headdim", "rope-theta"],
+)
+def test_numpy_logits_equal_transformers(tmp_path, shape):
+    path = random_llama(tmp_path / "m", BUNDLED_MODEL, **shape)
+    lean, ref = both(str(path))
+    ids = lean.tokenizer.encode("\n".join(real_diffs(6)), add_special_tokens=False)[:300]
+    assert len(ids) == 300
+    s1, l1 = lean.model.prefill(None, ids[:200])
+    s1, l1 = lean.model.prefill(s1, ids[200:])  # extending a state = prefilling it all at once
+    s2, l2 = ref.model.prefill(None, ids)
+    _, l3 = lean.model.prefill(None, ids)
+    np.testing.assert_allclose(l1, l2, atol=1e-4)
+    np.testing.assert_allclose(l1, l3, atol=1e-5)
+    b1, b2 = lean.model.beams(s1, 8), ref.model.beams(s2, 8)
+    orders = [[0, 0, 0], [2, 0, 1], [1, 1, 2], [0, 2]]  # beams reordered, duplicated, dropped
+    for step, order in enumerate(orders):
+        tokens = np.arange(len(order)) + 10 * step + 5
+        got = lean.model.step(b1, np.array(order), tokens)
+        want = ref.model.step(b2, np.array(order), tokens)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_bf16_and_sharded_weights_load(tmp_path):
+    path = random_llama(tmp_path / "bf16", BUNDLED_MODEL, dtype=torch.bfloat16, shard=True)
+    assert (path / "model.safetensors.index.json").is_file()
+    lean, ref = both(str(path))
+    ids = list(range(50, 120))
+    np.testing.assert_allclose(
+        lean.model.prefill(None, ids)[1], ref.model.prefill(None, ids)[1], atol=1e-3
+    )
+    assert lean.model.num_parameters == ref.model.num_parameters
+
+
+@pytest.mark.slow
+def test_bundled_model_candidates_equal_on_real_prompts():
+    """Same candidates (text and order), scores within float noise, on the product's settings."""
+    lean, ref = both(str(BUNDLED_MODEL))
+    history = ["Add the daemon's socket checks", "Fix the hook on a detached HEAD"]
+    compared = 0
+    for diff in real_diffs(8):
+        for typed, decode in [
+            ("", DecodeSettings(num_candidates=3)),
+            ("Add the", DecodeSettings(num_candidates=3)),
+            ("Fix ha", KEYSTROKE),
+        ]:
+            head, _ = split_typed(typed)
+            got = []
+            for lm in (lean, ref):
+                prompt = build_prompt(lm.tokenizer, diff, history, head, finished=False,
+                                      budget=lm.budget)  # fmt: skip
+                got.append(generate_candidates(lm.model, lm.tokenizer, prompt, typed, decode,
+                                               PromptCache()))  # fmt: skip
+            assert [c.message for c in got[0]] == [c.message for c in got[1]], (diff[:80], typed)
+            assert [c.score for c in got[0]] == pytest.approx([c.score for c in got[1]], abs=1e-3)
+            compared += 1
+    assert compared == 24
+
+
+def tiny_gpt2(path: Path) -> Path:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = LeanTokenizer(BUNDLED_MODEL)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=1024,
+                     eos_token_id=tok.eos_token_id)  # fmt: skip
+    GPT2LMHeadModel(cfg).save_pretrained(path)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (path / name).write_bytes((BUNDLED_MODEL / name).read_bytes())
+    return path
+
+
+def test_other_architectures_fall_back_to_transformers(tmp_path):
+    path = tiny_gpt2(tmp_path / "gpt2")
+    lm = load_model(str(path))
+    assert lm.model.kind == "transformers"
+    from cmc.complete import Context, complete_context
+
+    result = complete_context(lm, Context("a.py\n+x = 1", []), "Add", KEYSTROKE)
+    assert result.typed == "Add" and all(c.message.startswith("Add") for c in result.candidates)
+    with pytest.raises(CmcError, match="cannot run on the numpy runtime: architecture GPT2"):
+        load_model(str(path), "numpy")
+
+
+def test_runtime_choice_and_broken_weights_are_one_line_errors(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMC_RUNTIME", "tensorflow")
+    with pytest.raises(CmcError, match="CMC_RUNTIME='tensorflow'"):
+        load_model(str(BUNDLED_MODEL))
+    monkeypatch.delenv("CMC_RUNTIME")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((BUNDLED_MODEL / name).read_bytes())
+    header = b"{not json"
+    (broken / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CmcError, match=r"cannot load model .*corrupt header") as exc:
+        load_model(str(broken))
+    assert "\n" not in str(exc.value)
+    tok, budget = load_tokenizer(str(BUNDLED_MODEL))
+    assert isinstance(tok, LeanTokenizer) and budget.diff_tokens > 0
+    assert json.loads((BUNDLED_MODEL / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_without_torch_installed_cmc_completes_and_says_what_other_models_need(tmp_path):
+    """The core install has no torch: the bundled model completes; a GPT-2 says which extra."""
+    from conftest import cmc_env, init_repo
+
+    repo = init_repo(tmp_path / "repo")
+    (repo / "parser.py").write_text("def parse(text):\n    return text.split()\n")
+    subprocess.run(["git", "add", "."], cwd=repo, check=True)
+    gpt2 = tiny_gpt2(tmp_path / "gpt2")
+    no_torch = (
+        "import sys; sys.modules['torch'] = sys.modules['transformers'] = None; "
+        "from cmc.cli import main; sys.argv = ['cmc', *sys.argv[1:]]; main()"
+    )
+
+    def cmc(*args):
+        return subprocess.run([sys.executable, "-c", no_torch, *args], cwd=repo, env=cmc_env(),
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    ok = cmc("complete", "--prefix", "Add", "--json")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["candidates"][0]["message"].startswith("Add")
+    other = cmc("complete", "--prefix", "Add", "--model", str(gpt2))
+    assert other.returncode == 1 and other.stdout == ""
+    assert other.stderr.count("\n") == 1 and "needs torch and transformers" in other.stderr
+    assert "architecture GPT2LMHeadModel" in other.stderr and "cmc[transformers]" in other.stderr
+
+
+def test_an_export_check_that_failed_keeps_the_model_on_transformers(tmp_path):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, model)
+    meta = json.loads((model / "cmc.json").read_text())
+    meta["runtime"] = {"name": "transformers", "why": "numpy logits differ by 0.5"}
+    (model / "cmc.json").write_text(json.dumps(meta))
+    lm = load_model(str(model))
+    assert lm.model.kind == "transformers"
+    del meta["runtime"]
+    (model / "cmc.json").write_text(json.dumps(meta))
+    assert load_model(str(model) + "/").model.kind == "numpy"
