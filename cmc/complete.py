@@ -94,9 +94,14 @@ def complete_context(
     settings = settings or DecodeSettings()
     started = time.perf_counter()
     head, _ = split_typed(typed)
-    prompt = build_prompt(
-        lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget
-    )
+    if getattr(lm.model, "kind", None) == "seq2seq":
+        from cmc.prompt import build_seq2seq_prompt
+
+        prompt = build_seq2seq_prompt(lm.tokenizer, context.diff, context.history, head)
+    else:
+        prompt = build_prompt(
+            lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget
+        )
     candidates = generate_candidates(
         lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled
     )

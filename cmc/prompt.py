@@ -159,3 +159,61 @@ def build_prompt(
         ids += m.eos
     mask = [0] * context_len + [1] * (len(ids) - context_len) if finished else [0] * len(ids)
     return Prompt(ids, mask, context_len, history_used=len(kept))
+
+
+# --- the paper's encoder-decoder layout -----------------------------------------------------------
+
+ENCODER_END = -1  # in a seq2seq prompt's ids: encoder ids, ENCODER_END, decoder ids
+
+
+@dataclass(frozen=True)
+class Seq2SeqLayout:
+    """The CommitChronicle paper's input layout for its released encoder-decoders
+    (`JetBrains-Research/cmg-codet5-with-history` and siblings), from their evaluation collator:
+
+    * encoder: ``[BOS] diff [EOS]``, the diff cut to ``encoder_tokens - 2``;
+    * decoder: ``[BOS] history_1 [SEP] ... history_k [SEP] typed``, history oldest → newest, the
+      newest messages that fit ``decoder_tokens`` together with the typed text, one token and
+      ``max_new_tokens`` (each whole or not at all).
+    """
+
+    encoder_tokens: int = 512
+    decoder_tokens: int = 512
+    max_new_tokens: int = 15
+
+
+def _special_id(tokenizer: Any, *names: str) -> int:
+    for name in names:
+        tid = getattr(tokenizer, f"{name}_token_id", None)
+        if isinstance(tid, int):
+            return tid
+    raise ValueError(f"the tokenizer has no {' or '.join(names)} token")
+
+
+def build_seq2seq_prompt(
+    tokenizer: Any,
+    diff: str,
+    history: list[str] | None,
+    message: str,
+    layout: Seq2SeqLayout = Seq2SeqLayout(),
+) -> Prompt:
+    """Encoder and decoder ids of one completion in the paper's layout, as one `Prompt` whose ids
+    are ``encoder + [ENCODER_END] + decoder`` (so a prompt cache keyed by ids stays correct)."""
+    bos = _special_id(tokenizer, "bos", "cls")
+    eos = _special_id(tokenizer, "eos")
+    sep = _special_id(tokenizer, "sep", "eos")
+    diff_ids = encode_text(tokenizer, diff, layout.encoder_tokens - 2)
+    encoder = [bos, *diff_ids, eos]
+    typed = encode_text(tokenizer, message, layout.decoder_tokens - 1)
+    used = len(typed) + 1 + layout.max_new_tokens
+    kept: list[list[int]] = []
+    for past in reversed(history or []):
+        piece = tokenizer.encode(past, add_special_tokens=False)
+        if used + len(piece) + 1 > layout.decoder_tokens:
+            break
+        used += len(piece) + 1
+        kept.append([*piece, sep])
+    decoder = [bos] + [t for piece in reversed(kept) for t in piece]
+    ids = [*encoder, ENCODER_END, *decoder, *typed]
+    start = len(encoder) + 1 + len(decoder)
+    return Prompt(ids, [0] * len(ids), start, history_used=len(kept))
