@@ -281,6 +281,12 @@ def test_checkpoint_info_and_export_load_in_cmc_complete(reference_run, tmp_path
     )
     assert exp.returncode == 0, exp.stderr
     assert (model / "model.safetensors").exists() and (model / "tokenizer.json").exists()
+    # checked on export: the numpy runtime gives transformers' logits for this model
+    verdict = json.loads((model / "cmc.json").read_text())["runtime"]
+    assert verdict["name"] == "numpy" and verdict["max_logit_diff"] < 1e-3
+    from cmc.model import runtime_for
+
+    assert runtime_for(str(model)).startswith("numpy")
     rows = tmp_path / "rows.jsonl"
     rows.write_text(
         json.dumps(

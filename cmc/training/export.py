@@ -24,6 +24,32 @@ def find_checkpoint(path: str | Path) -> Path:
     )
 
 
+def check_runtime(folder: Path, probe: int = 48, atol: float = 1e-3) -> dict:
+    """Which runtime completes with this exported folder: the numpy one when it runs the
+    architecture and its logits agree with transformers' on a probe (recorded in ``cmc.json``;
+    `cmc.model.load_model` honours a "transformers" verdict)."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cmc.model import lean_unsupported
+
+    reason = lean_unsupported(folder)
+    if reason is not None:
+        return {"name": "transformers", "why": reason}
+    from cmc.runtime.llama import NumpyLlama
+
+    lean = NumpyLlama(folder)
+    ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = [(7 * i + 3) % lean.vocab_size for i in range(probe)]
+    with torch.no_grad():
+        want = ref(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
+    diff = float(np.abs(lean.prefill(None, ids)[1] - want).max())
+    if diff > atol:
+        return {"name": "transformers", "why": f"numpy logits differ by {diff:.2g}"}
+    return {"name": "numpy", "max_logit_diff": diff}
+
+
 def export_checkpoint(
     path: str | Path, out: str | Path, dtype: str = "float32", max_shard_size: str = "15MB"
 ) -> Path:
@@ -49,8 +75,9 @@ def export_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(getattr(torch, dtype)).save_pretrained(tmp, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(init).save_pretrained(tmp)
-    meta = {k: v for k, v in read_model_meta(init).items() if k != "budget"}
+    meta = {k: v for k, v in read_model_meta(init).items() if k not in ("budget", "runtime")}
     meta.update(step=info.get("step"), consumed_samples=info.get("consumed"))
+    meta["runtime"] = check_runtime(tmp)
     write_model_meta(tmp, read_budget(init), **meta)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
