@@ -440,8 +440,14 @@ class Trainer:
         return 0
 
 
+_ALIVE: list[Trainer] = []  # see the end of this file
+
+
 def main(argv: list[str] | None = None) -> int:
     trainer = Trainer(TrainConfig.from_argv(argv))
+    # Kept referenced until os._exit: freeing it when main() returns would free DDP's reducer,
+    # whose teardown is the deadlock the exit below avoids (seen hung at that return, too).
+    _ALIVE.append(trainer)
     try:
         return trainer.run()
     except DiskFull:
