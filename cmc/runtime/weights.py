@@ -50,7 +50,9 @@ def _read_file(path: Path, names: set[str] | None = None) -> dict[str, np.ndarra
             raise WeightsError(f"{path.name} is truncated (tensor {name})")
         arr = raw[base + start : base + end].view(dtype).reshape(info["shape"])
         if info["dtype"] == "BF16":
-            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            wide = arr.astype(np.uint32)
+            wide <<= 16
+            arr = wide.view(np.float32)
         out[name] = np.ascontiguousarray(arr, dtype=np.float32)
     return out
 
