@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,35 +93,65 @@ class Exclusions:
 
 
 class GitRepo:
-    """A repository seen by cmc (wraps gitpython's Repo). Settings are `cmc.settings`' business."""
+    """A repository seen by cmc. Settings are `cmc.settings`' business.
+
+    Finding the repository and the cheap questions (is anything staged? is there a HEAD?) are one
+    `git` call each; gitpython, whose import alone costs ~170 ms on the hook's path, is imported
+    only for the work that reads the diff and the history (``.repo`` / ``.git``)."""
 
     def __init__(self, path: str | Path = "."):
-        import git  # gitpython: imported here, so `cmc --help` stays cheap
-
+        self._path = Path(path)
         try:
-            self.repo = git.Repo(path, search_parent_directories=True)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError) as exc:
+            out = subprocess.run(
+                ["git", "rev-parse", "--absolute-git-dir", "--git-common-dir",
+                 "--is-inside-work-tree"],
+                cwd=self._path, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+        except OSError as exc:  # no such folder, or no git at all
             raise CmcError(f"{path} is not inside a git repository") from exc
-        self.git = self.repo.git
-        self.git_dir = Path(self.repo.git_dir)
-        self.common_dir = Path(self.repo.common_dir)
-        self.root = Path(self.repo.working_tree_dir) if self.repo.working_tree_dir else None
+        lines = out.stdout.splitlines()
+        if out.returncode != 0 or len(lines) < 3:
+            said = next((x for x in out.stderr.splitlines() if x.strip()), "")
+            if said and "not a git repository" not in said:  # e.g. a broken config: git's words
+                raise CmcError(f"git: {said.removeprefix('fatal: ').strip()}")
+            raise CmcError(f"{path} is not inside a git repository")
+        self.git_dir = Path(lines[0])
+        common = Path(lines[1])
+        self.common_dir = (common if common.is_absolute() else self._path / common).resolve()
+        self.root: Path | None = None
+        if lines[2] == "true":
+            top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=self._path,
+                                 capture_output=True, text=True, check=False)  # fmt: skip
+            if top.returncode == 0 and top.stdout.strip():
+                self.root = Path(top.stdout.strip())
+        self._repo = None
+
+    @property
+    def repo(self):
+        """gitpython's Repo (imported on first use)."""
+        if self._repo is None:
+            import git
+
+            self._repo = git.Repo(self.cwd, search_parent_directories=True)
+        return self._repo
+
+    @property
+    def git(self):
+        return self.repo.git
 
     @property
     def cwd(self) -> Path:
         return self.root or self.git_dir
 
+    def _quiet(self, *args: str) -> int:
+        return subprocess.run(["git", *args], cwd=self.cwd, capture_output=True,
+                              check=False).returncode  # fmt: skip
+
     def has_head(self) -> bool:
-        return self.repo.head.is_valid()
+        return self._quiet("rev-parse", "--verify", "--quiet", "HEAD^{commit}") == 0
 
     def has_staged_changes(self) -> bool:
-        import git
-
-        try:
-            self.git.diff("--cached", "--quiet", "--no-ext-diff")
-        except git.GitCommandError as exc:
-            return exc.status == 1
-        return False
+        return self._quiet("diff", "--cached", "--quiet", "--no-ext-diff") == 1
 
     def exclusions(self, configured: list[str] | tuple[str, ...] = ()) -> Exclusions:
         """Default patterns, then ``git config cmc.exclude`` (``configured``), then ``.cmcignore``."""
