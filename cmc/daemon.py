@@ -206,8 +206,6 @@ def complete_with_daemon(request: CompleteRequest, start: bool, timeout: float =
 def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: float = 30.0):
     """Complete in ``repo`` (a `cmc.gitctx.GitRepo`) through the warm daemon when it answers in
     ``timeout`` seconds, else in this process. The one client path of the hook and the CLI."""
-    from cmc.complete import complete_context, context_from_repo
-    from cmc.model import load_model
     from cmc.settings import NO_MODEL_HELP
 
     if not settings.model:
@@ -223,6 +221,9 @@ def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: flo
     with fallback_slot(request, started + timeout) as served:
         if served is not None:
             return served
+        from cmc.complete import complete_context, context_from_repo
+        from cmc.model import load_model
+
         return complete_context(
             load_model(settings.model), context_from_repo(repo, settings), typed, decode
         )
@@ -332,7 +333,7 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def answer(self, req: Any, cancelled: Any = None) -> dict:
         op = req.get("op") if isinstance(req, dict) else None
         if op == "ping":
-            return {"ok": True, "pid": os.getpid()}
+            return {"ok": True, "pid": os.getpid(), "prefetched": self.service.prefetched}
         if op == "shutdown":
             threading.Thread(target=self.shutdown, daemon=True).start()
             return {"ok": True}
@@ -345,6 +346,18 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         result, reused = self.service.complete(request, cancelled)
         return {"ok": True, "result": result.to_json(), "reused_tokens": reused}
 
+    def prefetch_loop(self, every: float = 0.5) -> None:
+        """Have the hook's next answer ready: after `git add`, the suggestion is computed while
+        the user types `git commit` (see `CompletionService.prefetch`). Not activity: it never
+        keeps an idle daemon alive."""
+        while True:
+            time.sleep(every)
+            try:
+                self.service.prefetch()
+            except Exception as exc:  # never take the daemon down
+                print(f"{time.strftime('%F %T')} prefetch failed: {one_line(exc)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
     def watch_idle(self) -> None:
         while True:
             time.sleep(min(5.0, self.idle_timeout / 4))
@@ -354,10 +367,10 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def _warm_up(server: DaemonServer) -> None:
-    """Pay torch's and the default model's load while nobody waits (requests queue behind it)."""
+    """Pay the default model's load while nobody waits (requests queue behind it)."""
     with server.service.lock:
         try:
-            import cmc.decoding.beam  # noqa: F401  (torch, transformers)
+            import cmc.decoding.beam  # noqa: F401  (numpy)
             from cmc.model import load_model
             from cmc.settings import BUNDLED_MODEL, is_model_dir
 
@@ -382,6 +395,8 @@ def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int
     server = DaemonServer(path, idle_timeout)
     threading.Thread(target=server.watch_idle, daemon=True).start()
     threading.Thread(target=_warm_up, args=(server,), daemon=True).start()
+    if os.environ.get("CMC_PREFETCH", "1") != "0":
+        threading.Thread(target=server.prefetch_loop, daemon=True).start()
     print(f"cmc {__version__} serving on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)
     try:
         server.serve_forever(poll_interval=0.5)

@@ -75,12 +75,20 @@ def follow_suggestion(previous: Completion, typed: str) -> Completion | None:
 
 
 class CompletionService:
-    """Thread-safe: one computation at a time (the model is shared), any number of repositories."""
+    """Thread-safe: one computation at a time (the model is shared), any number of repositories.
+
+    With ``prefetch()`` called now and then (the daemon does, twice a second), the last
+    whole-message request of a repository is run again as soon as its index or HEAD changes, while
+    no request waits: by the time `git commit` runs the hook, its suggestion is ready."""
 
     def __init__(self, max_repos: int = 8):
         self.lock = threading.Lock()
         self.repos: OrderedDict[tuple, _RepoEntry] = OrderedDict()
         self.max_repos = max_repos
+        self.waiting = 0  # requests of clients queued or running (prefetch yields to them)
+        self.prefetched = 0  # completions computed ahead of a request (for tests and benchmarks)
+        self._count = threading.Lock()
+        self._replay: OrderedDict[tuple, CompleteRequest] = OrderedDict()
 
     def complete(self, request: CompleteRequest, cancelled: Any = None) -> tuple[Completion, int]:
         """Completion for a repository's staged change, and how many prompt tokens were reused
@@ -88,41 +96,95 @@ class CompletionService:
 
         Requests queue for the model; one still waiting after ``request.wait_s`` (its client gave
         up), or whose ``cancelled()`` says so, is dropped rather than computed for nobody."""
-        from cmc.decoding.beam import Cancelled, PromptCache
-        from cmc.gitctx import GitRepo
-        from cmc.model import load_model
+        from cmc.decoding.beam import Cancelled
 
-        settings, decode = request.settings, request.decode
         deadline = time.monotonic() + request.wait_s
 
         def abandoned() -> bool:
             return time.monotonic() > deadline or (cancelled is not None and cancelled())
 
-        if not self.lock.acquire(timeout=request.wait_s):
-            raise Cancelled(f"busy for {request.wait_s:g}s; request dropped")
+        with self._count:
+            self.waiting += 1
         try:
-            repo = GitRepo(request.repo)
-            lm = load_model(settings.model)
-            key = (str(repo.git_dir), settings)
-            state = repo_state(repo.git_dir)
-            entry = self.repos.get(key)
-            if entry is None or entry.state != state:
-                entry = _RepoEntry(state, context_from_repo(repo, settings), PromptCache())
-                self.repos[key] = entry
-            self.repos.move_to_end(key)
-            while len(self.repos) > self.max_repos:
-                self.repos.popitem(last=False)
-            if entry.last is not None and entry.last[0] == decode:
-                followed = follow_suggestion(entry.last[1], request.typed)
-                if followed is not None:
-                    entry.last = (decode, followed)
-                    return followed, -1
-            if abandoned():
-                raise Cancelled("the client has gone")
-            result = complete_context(
-                lm, entry.context, request.typed, decode, entry.cache, abandoned
-            )
-            entry.last = (decode, result)
-            return result, entry.cache.reused_tokens
+            if not self.lock.acquire(timeout=request.wait_s):
+                raise Cancelled(f"busy for {request.wait_s:g}s; request dropped")
+            try:
+                return self._complete(request, abandoned)
+            finally:
+                self.lock.release()
         finally:
-            self.lock.release()
+            with self._count:
+                self.waiting -= 1
+
+    def _entry(self, repo: Any, settings: Any) -> tuple[tuple, _RepoEntry]:
+        from cmc.decoding.beam import PromptCache
+
+        key = (str(repo.git_dir), settings)
+        state = repo_state(repo.git_dir)
+        entry = self.repos.get(key)
+        if entry is None or entry.state != state:
+            context = context_from_repo(repo, settings)
+            if entry is not None and context == entry.context:
+                entry.state = state  # the index was rewritten, not changed: all stays valid
+            else:
+                entry = _RepoEntry(state, context, PromptCache())
+                self.repos[key] = entry
+        self.repos.move_to_end(key)
+        while len(self.repos) > self.max_repos:
+            self.repos.popitem(last=False)
+        return key, entry
+
+    def _complete(self, request: CompleteRequest, abandoned: Any) -> tuple[Completion, int]:
+        from cmc.decoding.beam import Cancelled
+        from cmc.gitctx import GitRepo
+        from cmc.model import load_model
+
+        settings, decode = request.settings, request.decode
+        repo = GitRepo(request.repo)
+        lm = load_model(settings.model)
+        key, entry = self._entry(repo, settings)
+        if not decode.stop_at_newline:  # a whole message (the hook, `cmc complete`): replayed
+            self._replay[key] = request
+            self._replay.move_to_end(key)
+            while len(self._replay) > self.max_repos:
+                self._replay.popitem(last=False)
+        if entry.last is not None and entry.last[0] == decode:
+            followed = follow_suggestion(entry.last[1], request.typed)
+            if followed is not None:
+                entry.last = (decode, followed)
+                return followed, -1
+        if abandoned():
+            raise Cancelled("the client has gone")
+        result = complete_context(lm, entry.context, request.typed, decode, entry.cache, abandoned)
+        entry.last = (decode, result)
+        return result, entry.cache.reused_tokens
+
+    def prefetch(self) -> int:
+        """Recompute, for each repository whose index or HEAD changed since its last whole-message
+        request, that request's answer, unless a client is waiting (then it stops at once).
+        Nothing is computed for an empty staged diff. Returns how many were computed."""
+        from cmc.decoding.beam import Cancelled
+
+        done = 0
+        for key, request in list(self._replay.items()):
+            entry = self.repos.get(key)
+            if entry is None or entry.state == repo_state(Path(key[0])):
+                continue
+            if self.waiting or not self.lock.acquire(blocking=False):
+                return done
+            try:
+                from cmc.gitctx import GitRepo
+
+                _, entry = self._entry(GitRepo(request.repo), request.settings)
+                if not entry.context.diff.strip():
+                    continue  # committed, nothing staged: no one will ask
+                self._complete(request, lambda: self.waiting > 0)
+                done += 1
+                self.prefetched += 1
+            except Cancelled:
+                return done
+            except Exception:  # a repository that went away: its request is not replayed
+                self._replay.pop(key, None)
+            finally:
+                self.lock.release()
+        return done

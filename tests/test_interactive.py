@@ -87,7 +87,9 @@ def complete_req(repo: Path, typed: str, sock: Path, n: int = 1) -> dict:
 @pytest.mark.slow
 def test_daemon_answers_cli_and_reuses_the_prompt_while_typing(tmp_path, tiny_model, daemon):
     repo = staged_repo(tmp_path / "repo", tiny_model)
-    d = daemon()
+    # Without prefetching: below, what the cache holds after a new `git add` must be nothing at all
+    # (prefetching would legitimately fill it with the new context first).
+    d = daemon(extra_env={"CMC_PREFETCH": "0"})
     assert stat.S_IMODE(d.sock.stat().st_mode) == 0o600
     assert stat.S_IMODE(d.sock.parent.stat().st_mode) == 0o700
     out = subprocess.run(
@@ -450,3 +452,37 @@ def test_a_request_waiting_past_its_deadline_is_dropped(tmp_path, tiny_model):
     with pytest.raises(Cancelled):
         service.complete(gone, cancelled=lambda: True)  # its client has hung up
     assert service.complete(gone)[0].candidates  # and nothing is left locked
+
+
+@pytest.mark.slow
+def test_after_git_add_the_daemon_has_the_hooks_answer_ready(tmp_path, tiny_model, daemon):
+    """The last whole-message request is run again when the index changes, before it is asked."""
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    d = daemon()
+    assert complete_req(repo, "", d.sock)["reused_tokens"] != -1
+    before = _request({"op": "ping"}, 5, d.sock)["prefetched"]
+    (repo / "docs.md").write_text("How to parse an empty configuration file.\n")
+    git(repo, "add", "docs.md")
+    deadline = time.time() + 120
+    while _request({"op": "ping"}, 5, d.sock)["prefetched"] == before:
+        assert time.time() < deadline, d.log.read_text()
+        time.sleep(0.1)
+    ready = complete_req(repo, "", d.sock)
+    assert ready["reused_tokens"] == -1  # computed ahead: no model run at request time
+    # ... and it is the answer for what is staged now, as a fresh process computes it
+    settings = Settings.load(repo, repo / ".git")
+    from cmc.complete import complete_context, context_from_repo
+    from cmc.gitctx import GitRepo
+    from cmc.model import load_model
+
+    fresh = complete_context(load_model(str(tiny_model)), context_from_repo(GitRepo(repo), settings),
+                             "", DecodeSettings(num_beams=1, max_new_tokens=12))  # fmt: skip
+    assert ready["result"]["candidates"][0]["message"] == fresh.candidates[0].message
+    # Nothing staged after the commit: nothing is computed for nobody.
+    git(repo, "commit", "-q", "-m", "Document empty configuration files")
+    idle_deadline = time.time() + 3
+    counts = set()
+    while time.time() < idle_deadline:
+        counts.add(_request({"op": "ping"}, 5, d.sock)["prefetched"])
+        time.sleep(0.2)
+    assert counts == {before + 1}
