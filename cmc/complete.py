@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cmc.decoding import Candidate, DecodeSettings
-from cmc.diffs import process_diff
-from cmc.messages import history_message
 from cmc.prompt import build_prompt, split_typed
+
+# cmc.diffs and cmc.messages are imported by the functions that read diffs and history: a client
+# that only decodes a daemon's `Completion` does not pay for the secret masks' regexes.
 
 
 @dataclass
@@ -63,11 +64,16 @@ def context_from_repo(repo: Any, settings: Any, max_diff_chars: int = 24_000) ->
     history = (
         repo.author_history(settings.author_name, settings.author_email) if settings.history else []
     )
+    from cmc.diffs import process_diff
+
     return Context(process_diff(mods), history)
 
 
 def context_from_row(row: dict, use_history: bool = True) -> Context:
     """A CommitChronicle-schema row: ``mods`` (raw hunks or processed) or ``diff``, ``history``."""
+    from cmc.diffs import process_diff
+    from cmc.messages import history_message
+
     diff = process_diff(row["mods"]) if row.get("mods") is not None else row.get("diff") or ""
     history: list[str] = []
     if use_history:

@@ -12,10 +12,15 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cmc import CmcError
-from cmc.diffs import Mod, keep_hunks, parse_patch
-from cmc.messages import history_message
+
+if TYPE_CHECKING:
+    from cmc.diffs import Mod
+
+# cmc.diffs and cmc.messages (with the secret masks' ~50 regular expressions) are imported where the
+# diff and history are read: the hook's process, which leaves that to the daemon, never pays them.
 
 # Kept out of the prompt unless the repository says otherwise (their diffs are noise to the model).
 DEFAULT_EXCLUDES = (
@@ -201,6 +206,8 @@ class GitRepo:
             "diff", "--cached", "-M", "--no-color", "--no-ext-diff", "--no-textconv",
             "--submodule=short", "--src-prefix=a/", "--dst-prefix=b/", "--", ".", *skip,
         )  # fmt: skip
+        from cmc.diffs import keep_hunks, parse_patch
+
         mods: list[Mod] = []
         used = 0
         for mod in parse_patch(lines, max_chars_per_file=max_chars):
@@ -225,6 +232,8 @@ class GitRepo:
 
         out = self.git.diff("--cached", "-M", "--name-status", "-z", "--no-ext-diff", "--")
         fields = out.split("\0")
+        from cmc.diffs import Mod
+
         found: list[Mod] = []
         i = 0
         kinds = {
@@ -265,6 +274,8 @@ class GitRepo:
             return []
         if not name and not email:
             return []
+        from cmc.messages import history_message
+
         out = self.git.log(
             "--no-merges", f"--max-count={scan}", "--format=%ae%x1f%an%x1f%B%x1e", "HEAD"
         )
