@@ -2,7 +2,7 @@
 
 A local Llama folder with a `tokenizer.json` (every model cmc trains, the bundled one included) runs
 on `cmc.runtime.llama.NumpyLlama` and `cmc.runtime.tokenizer.LeanTokenizer`: no torch, no
-transformers, ~0.1 s to load. Anything else loads through transformers (`cmc.runtime.hf`), as does
+transformers, ~0.3 s to load. Anything else loads through transformers (`cmc.runtime.hf`), as does
 everything when ``CMC_RUNTIME=transformers``.
 """
 

@@ -202,7 +202,8 @@ class NumpyLlama:
             gu += layer.mlp_bias[0]
         inter = gu.shape[-1] // 2
         gate, up = gu[:, :inter], gu[:, inter:]
-        act = gate / (1.0 + np.exp(-gate)) * up
+        with np.errstate(over="ignore"):  # exp(-gate) = inf for a very negative gate: silu = -0
+            act = gate / (1.0 + np.exp(-gate)) * up
         down = act @ layer.down
         if layer.mlp_bias is not None:
             down += layer.mlp_bias[1]
