@@ -7,7 +7,14 @@ import pytest
 
 pytest.importorskip("sacrebleu")
 
-from cmc.training.evaluate import exact_match, score, typed_prefix
+from cmc.training.evaluate import (
+    added_text,
+    code_tokens,
+    exact_match,
+    score,
+    specificity,
+    typed_prefix,
+)
 
 
 def test_one_pair_by_hand():
@@ -34,6 +41,37 @@ def test_empty_targets_are_skipped_and_short_targets_leave_em_at_k():
     assert exact_match("Fix it now", "Fix it later", 2) == 1.0
     assert typed_prefix("Fix the parser", 0.5) == "Fix the"
     assert typed_prefix("Fix the parser", 0.0) == ""
+
+
+def test_code_tokens_are_identifiers_and_versions_not_words():
+    text = (
+        "Fix parse_config in ConfigLoader.read for os.path and v2 API; bump to 1.4.2 (the parser)"
+    )
+    assert code_tokens(text) == {"parse_config", "ConfigLoader.read", "os.path", "1.4.2"}
+    assert code_tokens("__init__ and _x and getHTTPResponse and sha256") == {
+        "getHTTPResponse", "sha256"
+    }  # fmt: skip
+
+
+def test_copy_rate_and_distinct_suggestions_by_hand():
+    added = {
+        1: code_tokens(added_text("a.py\n+def parse_config(path):\n-old_name = 1\n context")),
+        2: code_tokens(added_text("b.py\n+version = '1.4.2'")),
+        3: code_tokens(added_text("c.py\n+x = 1")),
+    }
+    assert added[1] == {"parse_config"}  # removed and context lines do not count
+    records = [
+        {"id": 1, "prefix": "Add ", "target": "parse_config helper", "prediction": "parse_config"},
+        {"id": 2, "prefix": "Bump to ", "target": "1.4.2", "prediction": "the next version"},
+        {"id": 3, "prefix": "Add ", "target": "old_name", "prediction": "parse_config"},
+        {"id": 3, "prefix": "Add ", "target": "x", "prediction": "parse_config"},
+    ]
+    got = specificity(records, added)
+    # eligible: 1 and 2 (3's target names nothing its diff adds); hit: 1 only
+    assert (got["Copy-n"], got["Copy"]) == (2, 50.0)
+    assert (
+        got["Distinct"] == 50.0
+    )  # 2 distinct of 4: "Add parse_config" (3x), "Bump to the next version"
 
 
 def test_an_interrupted_evaluation_resumes_with_what_it_had(tmp_path, tiny_model):
@@ -78,5 +116,7 @@ def test_an_interrupted_evaluation_resumes_with_what_it_had(tmp_path, tiny_model
     lines = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(lines) == 8 and sum(x["prediction"].endswith(" KEPT") for x in lines) == 4
     assert full["scores"]["history@0"]["B-Norm"] > 99  # the tiny model knows its message
+    assert full["scores"]["history@0"]["Distinct"] == 25.0  # 4 commits, one message
+    assert full["scores"]["history@0"]["Copy-n"] == 0  # it names no identifier
     assert again["scores"]["history@0"]["B-Norm"] < 99  # the kept predictions were used, not redone
     assert again["scores"]["history@0.5"] == full["scores"]["history@0.5"]  # the rest computed

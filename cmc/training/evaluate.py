@@ -7,7 +7,11 @@ exactly what ``cmc complete --batch`` and the hook run.
 
 Metrics (×100, averaged over examples; empty targets skipped): B-Norm (sentence BLEU-4, +1
 smoothing, lowercased, punctuation split), EditSim (normalized Levenshtein similarity), EM@1/EM@2
-(first k words equal; only targets with ≥ k words), and corpus BLEU, ROUGE-L and ChrF.
+(first k words equal; only targets with ≥ k words), and corpus BLEU, ROUGE-L and ChrF. Two more
+say whether suggestions are specific: **Copy** — over the examples whose continuation names a
+code identifier or a version that the diff adds (`code_tokens`), how often the prediction names
+one of them; **Distinct** — the share of distinct whole suggestions (typed + predicted) over the
+examples (a model that says the same thing everywhere scores low).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,6 +39,50 @@ def exact_match(pred: str, target: str, k: int) -> float | None:
     if len(words) < k:
         return None
     return float(pred.split()[:k] == words[:k])
+
+
+_CODE_TOKEN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*|\d+(?:\.\d+)+")
+_CAMEL = re.compile(r"[a-z][A-Z]")
+
+
+def code_tokens(text: str) -> set[str]:
+    """Identifiers and versions as code spells them, not plain words: ``snake_case``,
+    ``camelCase``, ``dotted.names``, ``name2`` with digits, ``1.2.3``. (``parser`` is a word.)"""
+    found = set()
+    for m in _CODE_TOKEN.finditer(text):
+        tok = m.group().strip(".")
+        if len(tok) < 3:
+            continue
+        if (
+            "_" in tok.strip("_")
+            or "." in tok
+            or _CAMEL.search(tok)
+            or (any(c.isdigit() for c in tok) and any(c.isalpha() for c in tok))
+        ):
+            found.add(tok)
+    return found
+
+
+def added_text(diff: str) -> str:
+    """The added lines of a processed diff (`cmc.diffs.process_diff`)."""
+    return "\n".join(line[1:] for line in diff.splitlines() if line.startswith("+"))
+
+
+def specificity(records: list[dict], added: dict[Any, set[str]]) -> dict[str, float]:
+    """Copy rate and share of distinct suggestions (module docstring) for one setting's
+    predictions; ``added`` maps an example id to the code tokens its diff adds."""
+    eligible = hits = 0
+    for r in records:
+        wanted = code_tokens(r["target"]) & added.get(r["id"], set())
+        if wanted:
+            eligible += 1
+            hits += bool(code_tokens(r["prediction"]) & wanted)
+    whole = [(r["prefix"] + r["prediction"]).strip() for r in records]
+    return {
+        "Copy": 100 * hits / eligible if eligible else 0.0,
+        "Copy-n": eligible,
+        "Distinct": 100 * len(set(whole)) / len(whole) if whole else 0.0,
+    }
 
 
 def score(predictions: list[str], targets: list[str]) -> dict[str, float]:
@@ -178,6 +227,9 @@ def run_eval(
         "examples": len(rows),
         "scores": {},
     }
+    added = {
+        row.get("hash", i): code_tokens(added_text(_row_diff(row))) for i, row in enumerate(rows)
+    }
     started = time.perf_counter()
     done = _finished_predictions(out / "predictions.jsonl") if resume else {}
     if done:  # rewrite what was kept, so that appending never continues a torn line
@@ -214,12 +266,19 @@ def run_eval(
                 results["scores"][key] = score(
                     [c["prediction"] for c in chosen], [c["target"] for c in chosen]
                 )
+                results["scores"][key].update(specificity(chosen, added))
     results["seconds"] = round(time.perf_counter() - started, 1)
     tmp = out / "metrics.json.tmp"  # atomically: a half-written metrics.json would be read as done
     tmp.write_text(json.dumps(results, indent=2))
     os.replace(tmp, out / "metrics.json")
     plot(results, out / "metrics.png")
     return results
+
+
+def _row_diff(row: dict) -> str:
+    if row.get("mods") is not None:
+        return process_diff(row["mods"])
+    return row.get("diff") or ""
 
 
 def _finished_predictions(path: Path) -> dict[tuple, dict]:
@@ -237,9 +296,10 @@ def _finished_predictions(path: Path) -> dict[tuple, dict]:
 
 
 def table(results: dict) -> str:
-    lines = [f"{'setting':<18}" + "".join(f"{m:>9}" for m in METRICS)]
+    columns = (*METRICS, "Copy", "Distinct")
+    lines = [f"{'setting':<18}" + "".join(f"{m:>9}" for m in columns)]
     for key, sc in results["scores"].items():
-        lines.append(f"{key:<18}" + "".join(f"{sc.get(m, 0):>9.2f}" for m in METRICS))
+        lines.append(f"{key:<18}" + "".join(f"{sc.get(m, 0):>9.2f}" for m in columns))
     return "\n".join(lines)
 
 
