@@ -261,14 +261,9 @@ def hook_run(message_file, source, sha):
     Under pre-commit only the message file is passed; the source and object come in
     PRE_COMMIT_COMMIT_MSG_SOURCE and PRE_COMMIT_COMMIT_OBJECT_NAME.
     """
-    import os
-
     from cmc import hook as hook_mod
 
-    if source is None:
-        source = os.environ.get("PRE_COMMIT_COMMIT_MSG_SOURCE", "")
-        sha = sha or os.environ.get("PRE_COMMIT_COMMIT_OBJECT_NAME") or None
-    sys.exit(hook_mod.run(message_file, source, sha))
+    sys.exit(hook_mod.run_from_args(message_file, source, sha))
 
 
 @main.command()

@@ -82,7 +82,7 @@ def hook_script(python: str | None = None) -> str:
     """The hook, with the interpreter that runs cmc recorded (never importing from the repo)."""
     from cmc.spawn import python_argv
 
-    argv = python_argv("cmc.cli")
+    argv = python_argv("cmc.hook")  # not cmc.cli: click and the command tree cost ~40 ms a commit
     if python:
         argv[0] = python
     return (
@@ -277,3 +277,26 @@ def _complete_for_hook(repo, settings, typed: str, timeout: float):
 
     decode = DecodeSettings(num_candidates=settings.candidates)
     return complete_for(repo, settings, typed, decode, timeout=max(0.1, timeout - 0.5))
+
+
+def run_from_args(message_file: str, source: str | None = None, sha: str | None = None) -> int:
+    """`cmc hook run` and `python -m cmc.hook run`: git's prepare-commit-msg arguments. Under
+    pre-commit only the message file is passed; the source and object come in
+    PRE_COMMIT_COMMIT_MSG_SOURCE and PRE_COMMIT_COMMIT_OBJECT_NAME."""
+    if source is None:
+        source = os.environ.get("PRE_COMMIT_COMMIT_MSG_SOURCE", "")
+        sha = sha or os.environ.get("PRE_COMMIT_COMMIT_OBJECT_NAME") or None
+    return run(message_file, source, sha)
+
+
+def _main(argv: list[str]) -> int:
+    """The installed hook's entry (``python -m cmc.hook run FILE [SOURCE [SHA]]``). Like every
+    hook path it never fails a commit: a wrong call is said in one line and exits 0."""
+    if len(argv) < 2 or len(argv) > 4 or argv[0] != "run":
+        print("cmc: usage: python -m cmc.hook run MESSAGE_FILE [SOURCE [SHA]]", file=sys.stderr)
+        return 0
+    return run_from_args(*argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

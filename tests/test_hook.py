@@ -449,3 +449,15 @@ def test_a_failing_git_config_is_an_error_not_unset(repo: Path, tmp_path: Path):
     )
     assert run.returncode == 0 and "bad config line" in run.stderr  # said, and the commit goes on
     assert msg.read_text() == "keep me\n"
+
+
+def test_the_hooks_own_entry_never_fails_a_commit_on_a_wrong_call(repo: Path, tmp_path: Path):
+    """`python -m cmc.hook` (what the installed script runs, without the CLI's imports)."""
+    msg = tmp_path / "MSG"
+    msg.write_text("keep me\n")
+    for args in ([], ["run"], ["nonsense", str(msg)], ["run", str(msg), "message", "sha", "x"]):
+        out = subprocess.run([sys.executable, "-P", "-m", "cmc.hook", *args], cwd=repo,
+                             env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0 and out.stderr.startswith("cmc: usage:"), (args, out.stderr)
+        assert out.stderr.count("\n") == 1 and msg.read_text() == "keep me\n"
+    assert ' -P -m cmc.hook run "$@"' in hook_mod.hook_script()  # not the CLI: ~40 ms a commit
