@@ -109,7 +109,7 @@ class CompletionService:
             if not self.lock.acquire(timeout=request.wait_s):
                 raise Cancelled(f"busy for {request.wait_s:g}s; request dropped")
             try:
-                return self._complete(request, abandoned)
+                return self._complete(request, abandoned)  # type: ignore[return-value]
             finally:
                 self.lock.release()
         finally:
@@ -134,7 +134,11 @@ class CompletionService:
             self.repos.popitem(last=False)
         return key, entry
 
-    def _complete(self, request: CompleteRequest, abandoned: Any) -> tuple[Completion, int]:
+    def _complete(
+        self, request: CompleteRequest, abandoned: Any, unless_empty: bool = False
+    ) -> tuple[Completion, int] | None:
+        """The work of `complete`, with the lock held; None when ``unless_empty`` and nothing
+        is staged (a prefetch: no one will ask)."""
         from cmc.decoding.beam import Cancelled
         from cmc.gitctx import GitRepo
         from cmc.model import load_model
@@ -143,6 +147,8 @@ class CompletionService:
         repo = GitRepo(request.repo)
         lm = load_model(settings.model)
         key, entry = self._entry(repo, settings)
+        if unless_empty and not entry.context.diff.strip():
+            return None
         if not decode.stop_at_newline:  # a whole message (the hook, `cmc complete`): replayed
             self._replay[key] = request
             self._replay.move_to_end(key)
@@ -173,14 +179,9 @@ class CompletionService:
             if self.waiting or not self.lock.acquire(blocking=False):
                 return done
             try:
-                from cmc.gitctx import GitRepo
-
-                _, entry = self._entry(GitRepo(request.repo), request.settings)
-                if not entry.context.diff.strip():
-                    continue  # committed, nothing staged: no one will ask
-                self._complete(request, lambda: self.waiting > 0)
-                done += 1
-                self.prefetched += 1
+                if self._complete(request, lambda: self.waiting > 0, unless_empty=True):
+                    done += 1
+                    self.prefetched += 1
             except Cancelled:
                 return done
             except Exception:  # a repository that went away: its request is not replayed
