@@ -227,8 +227,11 @@ def run_eval(
         "examples": len(rows),
         "scores": {},
     }
+    from cmc.complete import context_from_row
+
     added = {
-        row.get("hash", i): code_tokens(added_text(_row_diff(row))) for i, row in enumerate(rows)
+        row.get("hash", i): code_tokens(added_text(context_from_row(row, use_history=False).diff))
+        for i, row in enumerate(rows)
     }
     started = time.perf_counter()
     done = _finished_predictions(out / "predictions.jsonl") if resume else {}
@@ -273,12 +276,6 @@ def run_eval(
     os.replace(tmp, out / "metrics.json")
     plot(results, out / "metrics.png")
     return results
-
-
-def _row_diff(row: dict) -> str:
-    if row.get("mods") is not None:
-        return process_diff(row["mods"])
-    return row.get("diff") or ""
 
 
 def _finished_predictions(path: Path) -> dict[tuple, dict]:
