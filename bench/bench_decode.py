@@ -23,18 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "commits" / "test"
 
 
-class _AsHF:
-    """A cmc (numpy) logits processor as transformers' generate calls them."""
-
-    def __init__(self, proc):
-        self.proc = proc
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        return torch.from_numpy(self.proc(input_ids.tolist(), scores.numpy().copy()))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=12)
@@ -55,6 +43,7 @@ def main() -> int:
     )
     from cmc.model import load_model
     from cmc.prompt import build_prompt, eos_token_id, split_typed
+    from cmc.runtime.hf import HFProcessor
 
     torch.set_num_threads(1)
     lm = load_model(args.model, "transformers")
@@ -104,7 +93,7 @@ def main() -> int:
                 out = hf_model.generate(
                     torch.tensor([ids]), past_key_values=kv, num_beams=5,
                     num_return_sequences=1, max_new_tokens=max_new, do_sample=False,
-                    logits_processor=LogitsProcessorList([_AsHF(p) for p in procs()]),
+                    logits_processor=LogitsProcessorList([HFProcessor(p) for p in procs()]),
                     eos_token_id=eos, pad_token_id=eos,
                     length_penalty=1.0, early_stopping=False,
                 )  # fmt: skip

@@ -19,21 +19,11 @@ from cmc.decoding.beam import (
 )
 from cmc.model import load_model
 from cmc.prompt import build_prompt, eos_token_id, split_typed
-
-
-class _AsHF:
-    """One of cmc's (numpy) logits processors as transformers' generate calls them."""
-
-    def __init__(self, proc):
-        self.proc = proc
-
-    def __call__(self, input_ids, scores):
-        out = self.proc(input_ids.tolist(), scores.numpy().copy())
-        return torch.from_numpy(out)
+from cmc.runtime.hf import HFProcessor
 
 
 def hf_beams(model, ids, processors, beams, max_new, eos):
-    processors = [_AsHF(p) for p in processors]
+    processors = [HFProcessor(p) for p in processors]
     with torch.inference_mode():
         out = model.generate(
             torch.tensor([ids]), num_beams=beams, num_return_sequences=beams, max_new_tokens=max_new,

@@ -39,6 +39,14 @@ def real_diffs(n: int) -> list[str]:
     return out
 
 
+def copy_files(source: Path, target: Path, *names: str) -> None:
+    for name in names:
+        (target / name).write_bytes((source / name).read_bytes())
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def random_llama(path: Path, tokenizer_from: Path, dtype=torch.float32, shard: bool = False, **kw):
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -56,8 +64,7 @@ def random_llama(path: Path, tokenizer_from: Path, dtype=torch.float32, shard: b
             if name.endswith("bias") or "norm" in name:
                 p.add_(torch.randn_like(p) * 0.1)
     model.save_pretrained(path, max_shard_size="100KB" if shard else "5GB")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (path / name).write_bytes((tokenizer_from / name).read_bytes())
+    copy_files(tokenizer_from, path, *TOKENIZER_FILES)
     return path
 
 
@@ -177,8 +184,7 @@ def tiny_gpt2(path: Path) -> Path:
     cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=1024,
                      eos_token_id=tok.eos_token_id)  # fmt: skip
     GPT2LMHeadModel(cfg).save_pretrained(path)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (path / name).write_bytes((BUNDLED_MODEL / name).read_bytes())
+    copy_files(BUNDLED_MODEL, path, *TOKENIZER_FILES)
     return path
 
 
@@ -201,8 +207,7 @@ def test_runtime_choice_and_broken_weights_are_one_line_errors(tmp_path, monkeyp
     monkeypatch.delenv("CMC_RUNTIME")
     broken = tmp_path / "broken"
     broken.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-        (broken / name).write_bytes((BUNDLED_MODEL / name).read_bytes())
+    copy_files(BUNDLED_MODEL, broken, "config.json", *TOKENIZER_FILES)
     header = b"{not json"
     (broken / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
     with pytest.raises(CmcError, match=r"cannot load model .*corrupt header") as exc:
