@@ -21,46 +21,6 @@ STEPS = 6
 pytestmark = pytest.mark.slow  # torchrun / daemons: deselect with -m 'not slow'
 
 
-@pytest.fixture(scope="session")
-def token_data(tmp_path_factory) -> tuple[Path, Path]:
-    """Pre-tokenized train/validation data and a tokenizer, built from synthetic commits."""
-    from cmc.training.tokenizer import train_tokenizer
-    from cmc.training.tokens import pretokenize_split
-
-    root = tmp_path_factory.mktemp("tokdata")
-    verbs, things = (
-        ["Add", "Fix", "Remove", "Rename", "Document"],
-        ["parser", "cache", "client", "server", "logger", "config"],
-    )
-    rows = []
-    for i in range(60):
-        v, t = verbs[i % 5], things[(i * 7) % 6]
-        body = "".join(f"+    {t}_{i}_{k} = build_{t}({k})\n" for k in range(2 + i % 9))
-        rows.append(
-            {
-                "mods": [
-                    {
-                        "change_type": "MODIFY",
-                        "old_path": f"src/{t}.py",
-                        "new_path": f"src/{t}.py",
-                        "diff": body,
-                    }
-                ],
-                "message": f"{v} {t} support for case {i}",
-                "history": [r["message"] for r in rows[-3:]],
-            }
-        )
-    tok = train_tokenizer(
-        [r["message"] for r in rows] + [r["mods"][0]["diff"] for r in rows],
-        vocab_size=300,
-        min_frequency=1,
-    )
-    tok.save_pretrained(root / "tok")
-    pretokenize_split(rows[:48], root / "tok", root / "data", "train", progress=False)
-    pretokenize_split(rows[48:], root / "tok", root / "data", "validation", progress=False)
-    return root / "data", root / "tok"
-
-
 def torchrun(nproc: int) -> list[str]:
     return [
         sys.executable,

@@ -38,6 +38,10 @@ class TrainConfig:
     warmup_steps: int = field(default=100, metadata=_opt("steps of linear warmup"))
     weight_decay: float = field(default=0.1, metadata=_opt("AdamW weight decay"))
     grad_clip: float = field(default=1.0, metadata=_opt("gradient norm clip (0: none)"))
+    context_loss_weight: float = field(
+        default=0.0,
+        metadata=_opt("weight of the loss on the diff and history tokens (0: message tokens only)"),
+    )
     seed: int = field(default=42, metadata=_opt("seed of the initialization and sample order"))
     save_every: int = field(default=500, metadata=_opt("checkpoint every K steps"))
     keep: int = field(default=2, metadata=_opt("checkpoints kept (at least 2)"))

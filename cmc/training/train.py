@@ -5,9 +5,10 @@ One command for one CPU, one GPU or many: gloo on CPU, NCCL on GPU; DDP by defau
 
 The math of a step does not depend on the number of processes: a step trains on the next B global samples
 ``[consumed, consumed+B)`` (`cmc.training.sampler`), the loss is the sum of message-token losses over the whole
-global batch divided by its message-token count, and each process takes B/N samples in micro-batches
+global batch (plus ``--context-loss-weight`` times the diff and history tokens' losses) divided by its
+message-token count, and each process takes B/N samples in micro-batches
 of similar length (padding to the right, so causal attention never sees padding: no mask needed).
-Only the positions that predict message tokens go through the LM head. Checkpoints are universal
+Only the positions that are scored go through the LM head. Checkpoints are universal
 (`cmc.training.checkpoint`): kill a run, start the same command with another N or layout, and it goes on
 with exactly the next samples.
 """
@@ -22,6 +23,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +41,15 @@ from cmc.training.sampler import GlobalOrder
 from cmc.training.tokens import TokenDataset
 
 # --- process group --------------------------------------------------------------------------------
+
+
+class Batch(NamedTuple):
+    ids: torch.Tensor  # (B, T) right-padded token ids
+    positions: torch.Tensor  # (P,) the positions whose next token is scored
+    targets: torch.Tensor  # (B, P) next tokens, -100 where nothing is scored
+    message: torch.Tensor  # (B, P) True where the target is a message token
+    weights: torch.Tensor  # (B, P) the context weight where the target is a context token, else 0
+    tokens: int  # real tokens in the batch
 
 
 def setup_distributed() -> tuple[int, int, torch.device]:
@@ -161,23 +172,43 @@ def build(cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.devi
     return model, layout, optimizer, init, pad_id
 
 
-def make_batch(data: TokenDataset, examples: list[int], pad_id: int, device: torch.device):
-    """Right-padded ids, the positions whose next token is a message token, and those targets."""
+def make_batch(
+    data: TokenDataset,
+    examples: list[int],
+    pad_id: int,
+    device: torch.device,
+    context_weight: float = 0.0,
+):
+    """Right-padded ids, the positions whose next token is scored, their targets and weights.
+
+    With ``context_weight`` 0 only the positions that predict message tokens are kept (weight 1);
+    otherwise every position that predicts a real token is, the context's (diff, history) with
+    weight ``context_weight``.
+    """
     items = [data[i] for i in examples]
     width = max(len(ids) for ids, _ in items)
     ids = np.full((len(items), width), pad_id, dtype=np.int64)
     for row, (tok, _) in enumerate(items):
         ids[row, : len(tok)] = tok
-    spans = [np.arange(start - 1, len(tok) - 1) for tok, start in items]
+    first = [start - 1 if context_weight == 0 else 0 for _, start in items]
+    spans = [np.arange(lo, len(tok) - 1) for (tok, _), lo in zip(items, first)]
     positions = np.unique(np.concatenate(spans)) if spans else np.zeros(0, dtype=np.int64)
     targets = np.full((len(items), len(positions)), -100, dtype=np.int64)
-    for row, ((tok, start), span) in enumerate(zip(items, spans)):
-        targets[row, np.searchsorted(positions, span)] = tok[start:]
+    message = np.zeros((len(items), len(positions)), dtype=bool)
+    weights = np.zeros((len(items), len(positions)), dtype=np.float32)
+    for row, ((tok, start), span, lo) in enumerate(zip(items, spans, first)):
+        cols = np.searchsorted(positions, span)
+        targets[row, cols] = tok[lo + 1 :]
+        is_message = span >= start - 1
+        message[row, cols] = is_message
+        weights[row, cols] = np.where(is_message, 0.0, context_weight)
     ntok = sum(len(t) for t, _ in items)
-    return (
+    return Batch(
         torch.from_numpy(ids).to(device),
         torch.from_numpy(positions).to(device),
         torch.from_numpy(targets).to(device),
+        torch.from_numpy(message).to(device),
+        torch.from_numpy(weights).to(device),
         ntok,
     )
 
@@ -187,14 +218,20 @@ def loss_tokens(data: TokenDataset, examples) -> int:
     return int((idx[:, 1] - idx[:, 2]).sum())
 
 
-def forward_loss_sum(model, batch, bf16: bool, device: torch.device) -> torch.Tensor:
-    ids, positions, targets, _ = batch
+def forward_loss_sums(model, batch: Batch, bf16: bool, device: torch.device):
+    """Summed cross-entropy of the message tokens, and the weighted sum of the context tokens'."""
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     with ctx:
-        logits = model(input_ids=ids, logits_to_keep=positions, use_cache=False).logits
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"
-    )
+        logits = model(input_ids=batch.ids, logits_to_keep=batch.positions, use_cache=False).logits
+    losses = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), batch.targets.reshape(-1), reduction="none"
+    ).reshape(batch.targets.shape)
+    return (losses * batch.message).sum(), (losses * batch.weights).sum()
+
+
+def forward_loss_sum(model, batch: Batch, bf16: bool, device: torch.device) -> torch.Tensor:
+    """Summed cross-entropy of the message tokens (what validation and the metrics report)."""
+    return forward_loss_sums(model, batch, bf16, device)[0]
 
 
 @torch.no_grad()
@@ -216,7 +253,7 @@ def evaluate(
         chunk = examples[k : k + mb]
         batch = make_batch(data, chunk, pad, device)
         total[0] += forward_loss_sum(model, batch, bf16, device).double()
-        total[1] += float((batch[2] != -100).sum())
+        total[1] += float(batch.message.sum())
     if dist.is_initialized():
         dist.all_reduce(total)
     model.train()
@@ -345,11 +382,14 @@ class Trainer:
         tokens = 0
         for k, group in enumerate(groups):
             with no_sync(self.model, self.layout, k == len(groups) - 1):
-                batch = make_batch(self.data, group, self.pad_id, self.device)
-                loss_sum = forward_loss_sum(self.forward_model, batch, self.bf16, self.device)
-                (loss_sum * (self.world / total_tokens)).backward()
+                batch = make_batch(self.data, group, self.pad_id, self.device,
+                                   cfg.context_loss_weight)  # fmt: skip
+                loss_sum, context_sum = forward_loss_sums(
+                    self.forward_model, batch, self.bf16, self.device
+                )
+                ((loss_sum + context_sum) * (self.world / total_tokens)).backward()
             local += loss_sum.detach().double()
-            tokens += batch[3]
+            tokens += batch.tokens
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
