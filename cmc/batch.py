@@ -43,11 +43,12 @@ def row_problem(row: Any) -> str | None:
                     return f"mods[{i}].{key} must be a string"
     elif not isinstance(diff, str):
         return "diff must be a string"
-    history = row.get("history")
-    if history is not None and (
-        not isinstance(history, list) or not all(isinstance(h, str) for h in history)
-    ):
-        return "history must be a list of strings"
+    for key in ("history", "file_history"):
+        value = row.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(h, str) for h in value)
+        ):
+            return f"{key} must be a list of strings"
     return None
 
 

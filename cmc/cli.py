@@ -169,30 +169,35 @@ def prompt(repo, prefix, model, as_json, full):
 
     git_repo = GitRepo(repo)
     settings = Settings.load(git_repo.cwd, git_repo.common_dir, model)
-    context = context_from_repo(git_repo, settings)
-    if full:
-        data = {"diff": context.diff, "history": context.history}
-        if as_json:
-            click.echo(json.dumps(data, indent=2))
-        else:
-            click.echo("# diff (processed, secrets masked)\n" + context.diff)
-            click.echo("\n# history (oldest first)\n" + "\n".join(context.history))
-        return
-    if not settings.model:
+    if not settings.model and not full:
         raise CmcError(NO_MODEL_HELP)
     from cmc.model import load_tokenizer
     from cmc.prompt import build_prompt, split_typed
 
-    tokenizer, budget = load_tokenizer(settings.model)
+    tokenizer, budget = load_tokenizer(settings.model) if settings.model else (None, None)
+    files = budget is not None and budget.file_history_tokens > 0
+    context = context_from_repo(git_repo, settings, file_history=files)
+    if full:
+        data = {"diff": context.diff, "history": context.history}
+        if files:
+            data["file_history"] = context.file_history
+        if as_json:
+            click.echo(json.dumps(data, indent=2))
+        else:
+            click.echo("# diff (processed, secrets masked)\n" + context.diff)
+            if files:
+                click.echo("\n# file history (oldest first)\n" + "\n".join(context.file_history))
+            click.echo("\n# history (oldest first)\n" + "\n".join(context.history))
+        return
     head, tail = split_typed(prefix)
-    built = build_prompt(
-        tokenizer, context.diff, context.history, head, finished=False, budget=budget
-    )
+    built = build_prompt(tokenizer, context.diff, context.history, head, finished=False,
+                         budget=budget, file_history=context.file_history)  # fmt: skip
     text = tokenizer.decode(built.input_ids, skip_special_tokens=False)
     if as_json:
         click.echo(json.dumps({"model": settings.model, "tokens": len(built.input_ids),
-                               "history_used": built.history_used, "regenerated_tail": tail,
-                               "text": text}, indent=2))  # fmt: skip
+                               "history_used": built.history_used,
+                               "file_history_used": built.file_history_used,
+                               "regenerated_tail": tail, "text": text}, indent=2))  # fmt: skip
     else:
         click.echo(text)
 

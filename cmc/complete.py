@@ -23,6 +23,7 @@ from cmc.prompt import build_prompt, split_typed
 class Context:
     diff: str  # processed diff text
     history: list[str] = field(default_factory=list)  # oldest → newest, cleaned
+    file_history: list[str] = field(default_factory=list)  # same files, any author; oldest → newest
 
 
 @dataclass
@@ -58,15 +59,24 @@ class Completion:
         )
 
 
-def context_from_repo(repo: Any, settings: Any, max_diff_chars: int = 24_000) -> Context:
-    """The staged change and the author's history of a `cmc.gitctx.GitRepo` (`cmc.settings.Settings`)."""
+def context_from_repo(
+    repo: Any, settings: Any, max_diff_chars: int = 24_000, file_history: bool = False
+) -> Context:
+    """The staged change and the author's history of a `cmc.gitctx.GitRepo` (`cmc.settings.Settings`);
+    with ``file_history`` (a model whose prompt has that section) also the staged files' history."""
     mods = repo.staged_mods(settings.exclude, max_chars=max_diff_chars)
     history = (
         repo.author_history(settings.author_name, settings.author_email) if settings.history else []
     )
+    files = repo.file_history(mods) if file_history and settings.history else []
     from cmc.diffs import process_diff
 
-    return Context(process_diff(mods), history)
+    return Context(process_diff(mods), history, files)
+
+
+def wants_file_history(lm: Any) -> bool:
+    """Whether this model's prompt has a file-history section (gathering it costs a git call)."""
+    return getattr(getattr(lm, "budget", None), "file_history_tokens", 0) > 0
 
 
 def context_from_row(row: dict, use_history: bool = True) -> Context:
@@ -75,13 +85,11 @@ def context_from_row(row: dict, use_history: bool = True) -> Context:
     from cmc.messages import history_message
 
     diff = process_diff(row["mods"]) if row.get("mods") is not None else row.get("diff") or ""
-    history: list[str] = []
-    if use_history:
-        for past in row.get("history") or []:
-            cleaned = history_message(past)
-            if cleaned:
-                history.append(cleaned)
-    return Context(diff, history)
+
+    def cleaned(messages: Any) -> list[str]:
+        return [c for c in map(history_message, messages or []) if c] if use_history else []
+
+    return Context(diff, cleaned(row.get("history")), cleaned(row.get("file_history")))
 
 
 def complete_context(
@@ -105,9 +113,8 @@ def complete_context(
 
         prompt = build_seq2seq_prompt(lm.tokenizer, context.diff, context.history, head)
     else:
-        prompt = build_prompt(
-            lm.tokenizer, context.diff, context.history, head, finished=False, budget=lm.budget
-        )
+        prompt = build_prompt(lm.tokenizer, context.diff, context.history, head, finished=False,
+                              budget=lm.budget, file_history=context.file_history)  # fmt: skip
     candidates = generate_candidates(
         lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled
     )

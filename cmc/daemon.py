@@ -221,12 +221,12 @@ def complete_for(repo: Any, settings: Any, typed: str, decode: Any, timeout: flo
     with fallback_slot(request, started + timeout) as served:
         if served is not None:
             return served
-        from cmc.complete import complete_context, context_from_repo
+        from cmc.complete import complete_context, context_from_repo, wants_file_history
         from cmc.model import load_model
 
-        return complete_context(
-            load_model(settings.model), context_from_repo(repo, settings), typed, decode
-        )
+        lm = load_model(settings.model)
+        context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
+        return complete_context(lm, context, typed, decode)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cmc import CmcError
+from cmc.prompt import FILE_HISTORY_KEEP
 
 if TYPE_CHECKING:
     from cmc.diffs import Mod
@@ -291,6 +292,30 @@ class GitRepo:
                     found.append(cleaned)
                     if len(found) == limit:
                         break
+        return found[::-1]
+
+    def file_history(
+        self, mods: list, limit: int = FILE_HISTORY_KEEP, scan: int = 64, max_paths: int = 64
+    ) -> list[str]:
+        """The messages of the newest earlier commits (any author, no merges) that touched the
+        staged files, cleaned and filtered as history is, oldest → newest: at most ``limit`` of
+        them, from one bounded ``git log`` over at most ``max_paths`` paths."""
+        if not self.has_head():
+            return []
+        paths = sorted({p for m in mods for p in (m.old_path, m.new_path) if p})[:max_paths]
+        if not paths:
+            return []
+        from cmc.messages import history_message
+
+        out = self.git.log("--no-merges", f"--max-count={scan}", "--format=%B%x1e", "HEAD", "--",
+                           *(f":(literal){p}" for p in paths))  # fmt: skip
+        found: list[str] = []
+        for body in out.split("\x1e"):
+            cleaned = history_message(body)
+            if cleaned and cleaned not in found:
+                found.append(cleaned)
+                if len(found) == limit:
+                    break
         return found[::-1]
 
     def commit_count(self) -> int:

@@ -3,11 +3,16 @@
 One function, `build_prompt`, builds every model input cmc uses, so training and completion can
 never drift apart (the paper's reference code had exactly that bug). The layout is::
 
-    <|endoftext|> <|diff|> DIFF <|history|> H1 <|sep|> H2 <|sep|> ... Hk <|msg|> MESSAGE <|endoftext|>
+    <|endoftext|> <|diff|> DIFF [<|files|> F1 <|sep|> ... Fj] <|history|> H1 <|sep|> H2 <|sep|> ... Hk <|msg|> MESSAGE <|endoftext|>
 
 * DIFF is the processed diff (`cmc.diffs.process_diff`), cut to ``budget.diff_tokens`` tokens.
+* F1..Fj (only for a model whose ``budget.file_history_tokens`` is above 0) are the messages of earlier
+  commits, by anyone, that touched the same files, oldest → newest; the newest that fit
+  ``budget.file_history_tokens`` are kept, each cut to ``budget.file_history_message_tokens``. The
+  section carries the repository's scopes and words ("docs(readme):", a component's name).
 * H1..Hk are the author's earlier messages in this repository, oldest → newest; when they do not
   fit ``budget.history_tokens``, the newest are kept. Each is cut to ``budget.history_message_tokens``.
+  (Both histories are cleaned as the training messages are and never hold the commit itself.)
   Without history the ``<|history|>`` marker is followed directly by ``<|msg|>``.
 * MESSAGE is the whole message in training (loss mask 1 on its tokens and the closing
   ``<|endoftext|>``, 0 on everything before), or the typed text at inference (no closing token).
@@ -35,13 +40,15 @@ DIFF = "<|diff|>"
 HISTORY = "<|history|>"
 SEP = "<|sep|>"
 MSG = "<|msg|>"
-SPECIAL_TOKENS = [EOS, DIFF, HISTORY, SEP, MSG]
+FILES = "<|files|>"
+SPECIAL_TOKENS = [EOS, DIFF, HISTORY, SEP, MSG, FILES]
 
 # Characters of raw text tokenized at most per allowed token: a cheap cut before tokenizing, so a
 # huge diff never reaches the tokenizer whole.
 _CHARS_PER_TOKEN_CAP = 12
 _LAST_WS = re.compile(r"\s+\S*$")
 MAX_TAIL_CHARS = 48  # longest half-typed word healed by constrained decoding
+FILE_HISTORY_KEEP = 8  # file-history messages gathered per commit (hook and training data alike)
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class Budget:
     history_tokens: int = 192
     history_message_tokens: int = 48
     message_tokens: int = 96
+    file_history_tokens: int = 0  # 0: no file-history section (the models trained without one)
+    file_history_message_tokens: int = 32
 
 
 DEFAULT_BUDGET = Budget()
@@ -63,6 +72,7 @@ class Prompt:
     loss_mask: list[int]
     message_start: int  # index of the first message token (just after <|msg|>)
     history_used: int = 0
+    file_history_used: int = 0
 
 
 def _marker_ids(tokenizer: Any, marker: str) -> list[int]:
@@ -84,6 +94,7 @@ class _Markers:
         self.history = _marker_ids(tokenizer, HISTORY)
         self.sep = _marker_ids(tokenizer, SEP)
         self.msg = _marker_ids(tokenizer, MSG)
+        self.files = _marker_ids(tokenizer, FILES)
 
     @classmethod
     def of(cls, tokenizer: Any) -> _Markers:
@@ -122,6 +133,25 @@ def split_typed(typed: str) -> tuple[str, str]:
     return head, tail
 
 
+def _newest_that_fit(
+    tokenizer: Any, messages: list[str] | None, room: int, each: int, sep: list[int]
+) -> tuple[list[int], int]:
+    """Ids of the newest ``messages`` (oldest → newest) that fit ``room`` tokens, each cut to
+    ``each``, joined by ``sep``; the oldest kept one first."""
+    kept: list[list[int]] = []
+    for past in reversed(messages or []):
+        piece = encode_text(tokenizer, past, each)
+        cost = len(piece) + len(sep)
+        if not piece or cost > room:
+            break
+        kept.append(piece)
+        room -= cost
+    ids: list[int] = []
+    for i, piece in enumerate(reversed(kept)):
+        ids += (sep if i else []) + piece
+    return ids, len(kept)
+
+
 def build_prompt(
     tokenizer: Any,
     diff: str,
@@ -130,35 +160,32 @@ def build_prompt(
     *,
     finished: bool,
     budget: Budget = DEFAULT_BUDGET,
+    file_history: list[str] | None = None,
 ) -> Prompt:
     """Token ids and loss mask for one example (see the module docstring for the layout).
 
     ``finished`` is True in training (``message`` is the whole message and gets the closing token)
     and False at inference (``message`` is the head of the typed text, see `split_typed`).
+    ``file_history`` is read only when ``budget.file_history_tokens`` is above 0.
     """
     m = _Markers.of(tokenizer)
-    ids = m.bos + m.diff + encode_text(tokenizer, diff, budget.diff_tokens) + m.history
-
-    kept: list[list[int]] = []
-    room = budget.history_tokens
-    for past in reversed(history or []):
-        piece = encode_text(tokenizer, past, budget.history_message_tokens)
-        cost = len(piece) + len(m.sep)
-        if not piece or cost > room:
-            break
-        kept.append(piece)
-        room -= cost
-    for i, piece in enumerate(reversed(kept)):
-        ids += (m.sep if i else []) + piece
-
-    ids += m.msg
+    ids = m.bos + m.diff + encode_text(tokenizer, diff, budget.diff_tokens)
+    files_used = 0
+    if budget.file_history_tokens > 0:
+        piece, files_used = _newest_that_fit(tokenizer, file_history, budget.file_history_tokens,
+                                             budget.file_history_message_tokens, m.sep)  # fmt: skip
+        ids += m.files + piece
+    piece, used = _newest_that_fit(
+        tokenizer, history, budget.history_tokens, budget.history_message_tokens, m.sep
+    )
+    ids += m.history + piece + m.msg
     context_len = len(ids)
     message_ids = encode_text(tokenizer, message, budget.message_tokens)
     ids += message_ids
     if finished and len(message_ids) < budget.message_tokens:
         ids += m.eos
     mask = [0] * context_len + [1] * (len(ids) - context_len) if finished else [0] * len(ids)
-    return Prompt(ids, mask, context_len, history_used=len(kept))
+    return Prompt(ids, mask, context_len, history_used=used, file_history_used=files_used)
 
 
 # --- the paper's encoder-decoder layout -----------------------------------------------------------

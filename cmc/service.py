@@ -14,7 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cmc.complete import Completion, Context, complete_context, context_from_repo
+from cmc.complete import (
+    Completion,
+    Context,
+    complete_context,
+    context_from_repo,
+    wants_file_history,
+)
 from cmc.decoding import Candidate, DecodeSettings
 from cmc.protocol import CompleteRequest
 
@@ -116,14 +122,14 @@ class CompletionService:
             with self._count:
                 self.waiting -= 1
 
-    def _entry(self, repo: Any, settings: Any) -> tuple[tuple, _RepoEntry]:
+    def _entry(self, repo: Any, settings: Any, lm: Any) -> tuple[tuple, _RepoEntry]:
         from cmc.decoding.beam import PromptCache
 
         key = (str(repo.git_dir), settings)
         state = repo_state(repo.git_dir)
         entry = self.repos.get(key)
         if entry is None or entry.state != state:
-            context = context_from_repo(repo, settings)
+            context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
             if entry is not None and context == entry.context:
                 entry.state = state  # the index was rewritten, not changed: all stays valid
             else:
@@ -146,7 +152,7 @@ class CompletionService:
         settings, decode = request.settings, request.decode
         repo = GitRepo(request.repo)
         lm = load_model(settings.model)
-        key, entry = self._entry(repo, settings)
+        key, entry = self._entry(repo, settings, lm)
         if unless_empty and not entry.context.diff.strip():
             return None
         if not decode.stop_at_newline:  # a whole message (the hook, `cmc complete`): replayed

@@ -183,3 +183,46 @@ def test_paths_git_must_quote(repo: Path, name: str):
     mods = staged(repo)
     assert list(mods) == [name]
     assert "odd name" in mods[name].diff
+
+
+def test_a_model_with_a_file_history_section_reads_the_staged_files_history(
+    repo: Path, tiny_model: Path, tmp_path: Path
+):
+    """Through `cmc prompt` and `cmc complete`: the section is gathered only for a model that has it."""
+    import json
+    import shutil
+    import subprocess
+
+    from conftest import cmc_env
+
+    from cmc.model import read_model_meta
+
+    commit_file(repo, "src/parser.py", "a\n", "parser: handle empty input")
+    commit_file(repo, "src/cache.py", "b\n", "cache: add a size limit")
+    commit_file(repo, "src/parser.py", "a\nb\n", "parser: keep line numbers", env={
+        "GIT_AUTHOR_NAME": "Bob", "GIT_AUTHOR_EMAIL": "bob@example.com"})  # fmt: skip
+    (repo / "src" / "parser.py").write_text("a\nb\nc\n")
+    git(repo, "add", "src/parser.py")
+
+    def prompt(model: Path) -> dict:
+        out = subprocess.run(["cmc", "prompt", "--json", "--model", str(model)], cwd=repo,
+                             env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    plain = prompt(tiny_model)
+    assert plain["file_history_used"] == 0 and "<|files|>" not in plain["text"]
+    with_files = tmp_path / "with-files"
+    shutil.copytree(tiny_model, with_files)
+    meta = read_model_meta(with_files)
+    meta.setdefault("budget", {})["file_history_tokens"] = 64
+    (with_files / "cmc.json").write_text(json.dumps(meta))
+    shown = prompt(with_files)
+    assert shown["file_history_used"] == 2
+    files_part = shown["text"].split("<|files|>")[1].split("<|history|>")[0]
+    assert "parser: handle empty input" in files_part and "parser: keep line numbers" in files_part
+    assert "cache" not in files_part  # another file's commit
+    done = subprocess.run(["cmc", "complete", "--json", "--model", str(with_files)], cwd=repo,
+                          env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["candidates"]

@@ -239,3 +239,39 @@ def test_cli_build_and_stats(tmp_path: Path):
         text=True,
     )
     assert bad.returncode == 1 and "no such folder" in bad.stderr
+
+
+def test_file_history_in_the_data_is_what_the_hook_gathers_at_that_commit(tmp_path: Path):
+    """Processing computes each row's file history from the rows; the hook asks git at commit time.
+    Replayed at each commit's parent, the two must agree (the one prompt section, two producers)."""
+    from cmc.diffs import Mod
+    from cmc.gitctx import GitRepo
+
+    b = RepoBuilder(tmp_path / "repo")
+    b.commit("Add the parser for request headers", name="src/parser.py")
+    b.commit("Add a cache for parsed requests", name="src/cache.py", env=BOB)
+    b.commit("Fix the parser on empty header lines", content=source(50), name="src/parser.py")
+    (b.path / "src" / "cache.py").write_text(source(60))  # this commit touches two files
+    b.commit("Share the header cache with the parser", content=source(61), name="src/parser.py", env=BOB)  # fmt: skip
+    b.commit("Document the [weird] file name", name="docs/[weird]*.md")
+    b.commit("Reword the parser's error messages", content=source(70), name="src/parser.py")
+    b.commit("Document the [weird] file name again", content="new\n" * 40, name="docs/[weird]*.md")  # fmt: skip
+    _, per_split, _ = mine_and_process(b.path, tmp_path, split_by="repo")
+    rows = [r for part in per_split.values() for r in part]
+    assert len(rows) == 7
+    by_msg = {r["message"]: r for r in rows}
+    assert by_msg["Reword the parser's error messages"]["file_history"] == [
+        "Add the parser for request headers",
+        "Fix the parser on empty header lines",
+        "Share the header cache with the parser",
+    ]
+    assert by_msg["Share the header cache with the parser"]["file_history"] == [
+        "Add the parser for request headers",
+        "Add a cache for parsed requests",  # via the second file, and by another author
+        "Fix the parser on empty header lines",
+    ]
+    assert by_msg["Add the parser for request headers"]["file_history"] == []
+    for row in rows[1:]:  # the first commit has no parent to replay it from
+        git(b.path, "checkout", "-q", "--detach", f"{row['hash']}~1")
+        mods = [Mod(m["change_type"], m["old_path"], m["new_path"]) for m in row["mods"]]
+        assert GitRepo(b.path).file_history(mods) == row["file_history"], row["message"]

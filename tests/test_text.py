@@ -6,7 +6,7 @@ import pytest
 
 from cmc.diffs import Mod, process_diff
 from cmc.messages import clean_message, rejection_reason
-from cmc.prompt import DIFF, HISTORY, MSG, SEP, Budget, build_prompt, split_typed
+from cmc.prompt import DIFF, FILES, HISTORY, MSG, SEP, Budget, build_prompt, split_typed
 
 
 @pytest.mark.parametrize(
@@ -99,6 +99,22 @@ def test_prompt_keeps_newest_history_within_budget_and_inference_has_no_end():
     text = [k for i in p.input_ids for k, v in tok.vocab.items() if v == i]
     assert text[-1] == "Fix" and "8" in text and "9" in text and "7" not in text
     assert sum(p.loss_mask) == 0
+
+
+def test_file_history_section_sits_between_diff_and_history_only_when_budgeted():
+    tok = _Tok()
+    files = ["docs: old", "core: newer", "core: newest"]
+    budget = Budget(file_history_tokens=6, file_history_message_tokens=2)
+    p = build_prompt(tok, "d", ["mine"], "Fix", finished=True, budget=budget, file_history=files)
+    words = {v: k for k, v in tok.vocab.items()}
+    assert [words[i] for i in p.input_ids] == [
+        "<|endoftext|>", DIFF, "d", FILES, "core:", "newer", SEP, "core:", "newest", HISTORY, "mine", MSG, "Fix", "<|endoftext|>",
+    ]  # fmt: skip
+    assert p.file_history_used == 2 and p.history_used == 1 and p.message_start == 12
+    # A model trained without the section (budget 0, the shipped one) gets exactly the old layout.
+    plain = build_prompt(tok, "d", ["mine"], "Fix", finished=True, file_history=files)
+    assert FILES not in [words.get(i) for i in plain.input_ids] and plain.file_history_used == 0
+    assert plain.input_ids == build_prompt(tok, "d", ["mine"], "Fix", finished=True).input_ids
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,10 @@
 5. metadata: bot authors, train authors who also appear in validation/test, integer author ids.
 
 Each kept row gets ``history``: its author's earlier kept messages in the same repository and split,
-oldest → newest (the newest `HISTORY_KEEP` of them; prompts keep fewer). A funnel table records how
-many rows every rule removed.
+oldest → newest (the newest `HISTORY_KEEP` of them; prompts keep fewer), and ``file_history``: the
+messages of the newest earlier kept commits (any author) of the same repository and split that
+touched one of its files (`cmc.prompt.FILE_HISTORY_KEEP`, oldest → newest), as the hook gathers
+them with ``git log -- PATHS``. A funnel table records how many rows every rule removed.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pathlib import Path
 from cmc import CmcError
 from cmc.diffs import process_file_diff
 from cmc.messages import clean_message, rejection_reason
+from cmc.prompt import FILE_HISTORY_KEEP
 
 SPLITS = ("train", "validation", "test")
 HISTORY_KEEP = 32
@@ -295,7 +298,33 @@ def process_rows(
         for tmp in ("_msg_hash", "_diff_hash"):
             row.pop(tmp, None)
         per_split[row.pop("split")].append(row)
+    for rows_of_split in per_split.values():
+        add_file_history(rows_of_split)
     return per_split, funnel
+
+
+def _paths(row: dict) -> set[str]:
+    return {p for m in row.get("mods") or [] for p in (m.get("old_path"), m.get("new_path")) if p}
+
+
+def add_file_history(rows: list[dict], keep: int = FILE_HISTORY_KEEP) -> None:
+    """Set each row's ``file_history`` (see the module docstring); ``rows`` are one split's, in date
+    order, so only earlier commits are seen (never the commit itself or a later one)."""
+    touched: dict[tuple, list[int]] = defaultdict(list)  # (repo, path) → row numbers, oldest first
+    for i, row in enumerate(rows):
+        repo, paths = row.get("repo"), _paths(row)
+        earlier: set[int] = set()
+        for path in paths:
+            earlier.update(touched[(repo, path)][-keep:])
+        found: list[str] = []
+        for j in sorted(earlier, reverse=True):
+            if rows[j]["message"] not in found:
+                found.append(rows[j]["message"])
+                if len(found) == keep:
+                    break
+        row["file_history"] = found[::-1]
+        for path in paths:
+            touched[(repo, path)].append(i)
 
 
 # --- input and output ----------------------------------------------------------------------------
@@ -386,7 +415,7 @@ def save_processed(
     for split, rows in per_split.items():
         if not rows:
             continue
-        cols = {c: [r.get(c) for r in rows] for c in (*COLUMNS, "history")}
+        cols = {c: [r.get(c) for r in rows] for c in (*COLUMNS, "history", "file_history")}
         dd[split] = Dataset.from_dict(cols)
         dd[split].to_parquet(str(out / "parquet" / f"{split}.parquet"))
     DatasetDict(dd).save_to_disk(str(out / "dataset"))

@@ -51,6 +51,7 @@ def example_ids(
         row["message"],
         finished=True,
         budget=budget,
+        file_history=row.get("file_history") if use_history else [],
     )
     return prompt.input_ids, prompt.message_start
 
