@@ -31,7 +31,7 @@ encoded as plain text, so any causal LM can be prompted (and fine-tuned) the sam
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 BOS = "<|endoftext|>"
@@ -82,26 +82,34 @@ def _marker_ids(tokenizer: Any, marker: str) -> list[int]:
     return tokenizer.encode(marker, add_special_tokens=False)
 
 
-class _Markers:
-    """Token ids of the markers for one tokenizer (looked up once)."""
+@dataclass(frozen=True)
+class Markers:
+    """Token ids of the markers for one tokenizer (looked up once per tokenizer; plain lists, so a
+    data pack can carry them and be assembled without the tokenizer)."""
 
-    _cache: ClassVar[dict[int, _Markers]] = {}
+    bos: list[int]
+    eos: list[int]
+    diff: list[int]
+    history: list[int]
+    sep: list[int]
+    msg: list[int]
+    files: list[int]
 
-    def __init__(self, tokenizer: Any):
-        self.bos = _marker_ids(tokenizer, BOS)
-        self.eos = _marker_ids(tokenizer, EOS)
-        self.diff = _marker_ids(tokenizer, DIFF)
-        self.history = _marker_ids(tokenizer, HISTORY)
-        self.sep = _marker_ids(tokenizer, SEP)
-        self.msg = _marker_ids(tokenizer, MSG)
-        self.files = _marker_ids(tokenizer, FILES)
+    _cache: ClassVar[dict[int, Markers]] = {}
 
     @classmethod
-    def of(cls, tokenizer: Any) -> _Markers:
+    def of(cls, tokenizer: Any) -> Markers:
         key = id(tokenizer)
         if key not in cls._cache:
-            cls._cache[key] = cls(tokenizer)
+            cls._cache[key] = cls(*(_marker_ids(tokenizer, t) for t in (BOS, EOS, DIFF, HISTORY, SEP, MSG, FILES)))  # fmt: skip
         return cls._cache[key]
+
+    def to_json(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Markers:
+        return cls(**{f.name: [int(i) for i in data[f.name]] for f in fields(cls)})
 
 
 def encode_text(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
@@ -113,7 +121,7 @@ def encode_text(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
 
 
 def eos_token_id(tokenizer: Any) -> int:
-    return _Markers.of(tokenizer).eos[-1]
+    return Markers.of(tokenizer).eos[-1]
 
 
 def split_typed(typed: str) -> tuple[str, str]:
@@ -133,14 +141,11 @@ def split_typed(typed: str) -> tuple[str, str]:
     return head, tail
 
 
-def _newest_that_fit(
-    tokenizer: Any, messages: list[str] | None, room: int, each: int, sep: list[int]
-) -> tuple[list[int], int]:
-    """Ids of the newest ``messages`` (oldest → newest) that fit ``room`` tokens, each cut to
-    ``each``, joined by ``sep``; the oldest kept one first."""
+def _newest_that_fit(pieces: list[list[int]], room: int, sep: list[int]) -> tuple[list[int], int]:
+    """The newest ``pieces`` (oldest → newest, each already cut) that fit ``room`` tokens, joined
+    by ``sep``, the oldest kept one first; and how many were kept."""
     kept: list[list[int]] = []
-    for past in reversed(messages or []):
-        piece = encode_text(tokenizer, past, each)
+    for piece in reversed(pieces):
         cost = len(piece) + len(sep)
         if not piece or cost > room:
             break
@@ -168,21 +173,47 @@ def build_prompt(
     and False at inference (``message`` is the head of the typed text, see `split_typed`).
     ``file_history`` is read only when ``budget.file_history_tokens`` is above 0.
     """
-    m = _Markers.of(tokenizer)
-    ids = m.bos + m.diff + encode_text(tokenizer, diff, budget.diff_tokens)
+
+    def newest(texts: list[str] | None, each: int, room: int) -> list[list[int]]:
+        # Only the newest that can fit are worth tokenizing (each costs at least 2 tokens).
+        return [encode_text(tokenizer, t, each) for t in (texts or [])[-(room // 2 + 1) :]]
+
+    files = []
+    if budget.file_history_tokens > 0:
+        files = newest(file_history, budget.file_history_message_tokens, budget.file_history_tokens)
+    return assemble_prompt(
+        Markers.of(tokenizer),
+        encode_text(tokenizer, diff, budget.diff_tokens),
+        newest(history, budget.history_message_tokens, budget.history_tokens),
+        encode_text(tokenizer, message, budget.message_tokens),
+        finished=finished,
+        budget=budget,
+        file_history=files,
+    )
+
+
+def assemble_prompt(
+    m: Markers,
+    diff: list[int],
+    history: list[list[int]],
+    message: list[int],
+    *,
+    finished: bool,
+    budget: Budget,
+    file_history: list[list[int]] = (),
+) -> Prompt:
+    """`build_prompt` on text already tokenized and cut to its budget (each piece by its own: diff,
+    history and file-history messages, message). Data packs are assembled with it."""
+    ids = m.bos + m.diff + list(diff)
     files_used = 0
     if budget.file_history_tokens > 0:
-        piece, files_used = _newest_that_fit(tokenizer, file_history, budget.file_history_tokens,
-                                             budget.file_history_message_tokens, m.sep)  # fmt: skip
+        piece, files_used = _newest_that_fit(list(file_history), budget.file_history_tokens, m.sep)
         ids += m.files + piece
-    piece, used = _newest_that_fit(
-        tokenizer, history, budget.history_tokens, budget.history_message_tokens, m.sep
-    )
+    piece, used = _newest_that_fit(history, budget.history_tokens, m.sep)
     ids += m.history + piece + m.msg
     context_len = len(ids)
-    message_ids = encode_text(tokenizer, message, budget.message_tokens)
-    ids += message_ids
-    if finished and len(message_ids) < budget.message_tokens:
+    ids += message
+    if finished and len(message) < budget.message_tokens:
         ids += m.eos
     mask = [0] * context_len + [1] * (len(ids) - context_len) if finished else [0] * len(ids)
     return Prompt(ids, mask, context_len, history_used=used, file_history_used=files_used)

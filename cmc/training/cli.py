@@ -110,6 +110,63 @@ def data_process(raw, out, split_by, seed, outliers):
     click.echo(funnel.table(final))
 
 
+@data.command("pack")
+@click.argument("processed", type=click.Path(exists=True))
+@click.option("--tokenizer", required=True,
+              help="Model folder whose tokenizer and prompt budget (cmc.json) the packs are cut for.")  # fmt: skip
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Folder for the packs."
+)
+@click.option("--split", default="train", show_default=True, help="Which split to pack.")
+@click.option("--name", default=None, help="Prefix of the packs' names (default: the split).")
+@click.option("--max-mib", default=40.0, show_default=True, help="Largest size of one pack.")
+@click.option("--file-history-tokens", type=int, default=None,
+              help="Budget of the file-history section (default: the model's; 0: none).")  # fmt: skip
+@click.option("--limit", type=int, default=None, help="Pack a seeded sample of this many rows.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the shuffle and the sample.")
+def data_pack(processed, tokenizer, out, split, name, max_mib, file_history_tokens, limit, seed):
+    """Tokenize a processed split into compact packs that travel to a GPU machine (`cmc data unpack`)."""
+    from dataclasses import replace
+
+    from cmc.model import read_budget
+    from cmc.training.evaluate import load_split, sample_rows
+    from cmc.training.pack import write_packs
+    from cmc.training.process import add_file_history
+
+    budget = read_budget(tokenizer)
+    if file_history_tokens is not None:
+        budget = replace(budget, file_history_tokens=file_history_tokens)
+    rows = load_split(processed, split)
+    if not rows:
+        raise CmcError(f"{processed}: the {split} split is empty")
+    if budget.file_history_tokens > 0 and any("file_history" not in r for r in rows):
+        add_file_history(rows)  # processed before the section existed: rows are in date order
+    rows = sample_rows(rows, limit, seed)
+    written = write_packs(rows, tokenizer, out, name or split, budget, max_mib, seed,
+                          source=f"{Path(processed).resolve().name}:{split}")  # fmt: skip
+    examples = sum(w["examples"] for w in written)
+    mib = sum(w["bytes"] for w in written) / 2**20
+    click.echo(f"{len(written)} pack(s), {examples:,} examples, {mib:.1f} MiB: "
+               f"{examples / mib:,.0f} examples/MiB")  # fmt: skip
+
+
+@data.command("unpack")
+@click.argument("packs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Folder for the trainer's data (SPLIT.tokens.u16, SPLIT.index.npy).")  # fmt: skip
+@click.option("--split", default="train", show_default=True, help="Which split they become.")
+def data_unpack(packs, out, split):
+    """Assemble packs into the trainer's pre-tokenized data (no tokenizer needed)."""
+    import time
+
+    from cmc.training.pack import unpack
+
+    started = time.perf_counter()
+    meta = unpack(list(packs), out, split)
+    click.echo(f"{meta['examples']:,} examples, {meta['tokens']:,} tokens from {len(packs)} "
+               f"pack(s) in {time.perf_counter() - started:.1f}s → {out}")  # fmt: skip
+
+
 @data.command("stats")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 def data_stats(folder):

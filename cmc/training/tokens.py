@@ -39,6 +39,9 @@ class CachedEncoder:
     def convert_tokens_to_ids(self, token: str):
         return self.tokenizer.convert_tokens_to_ids(token)
 
+    def get_vocab(self) -> dict[str, int]:
+        return self.tokenizer.get_vocab()
+
 
 def example_ids(
     encoder: Any, row: dict, budget: Budget, use_history: bool = True

@@ -1,0 +1,90 @@
+"""A GPU trip, run on the CPU with a tiny model: packs → continue the base → ledger → judgement."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import cmc_env
+from test_pack import rows
+
+from cmc.model import read_model_meta
+from cmc.prompt import Budget
+from cmc.training.pack import write_packs
+from cmc.training.recipes.trip import better_everywhere
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def trip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "cmc.training.recipes.trip", *args]
+    env = {**cmc_env(), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
+
+
+def test_kept_only_when_better_at_every_ratio_on_both_metrics():
+    def scores(*pairs):
+        return {"scores": {f"history@{r:g}": {"B-Norm": b, "EM@1": e}
+                           for r, (b, e) in zip((0, 0.25, 0.5), pairs)}}  # fmt: skip
+
+    base = scores((9, 15), (9, 30), (9, 29))
+    assert better_everywhere(base, scores((10, 16), (12, 31), (13, 30))) == []
+    assert better_everywhere(base, scores((10, 16), (12, 30), (13, 30))) == ["EM@1 at 25%"]
+    assert better_everywhere(base, base) == [f"{m} at {r}%" for r in (0, 25, 50) for m in ("B-Norm", "EM@1")]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_trip_continues_the_base_records_its_ledger_and_is_judged(tiny_model, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = rows(60)
+    budget = Budget(diff_tokens=64, history_tokens=32, history_message_tokens=12, message_tokens=24)
+    packs = tmp_path / "packs"
+    write_packs(data[:40], tiny_model, packs, "train", budget, max_mib=0.002, progress=False)
+    write_packs(data[40:50], tiny_model, packs, "validation", budget, progress=False)
+    assert len(list(packs.glob("train-*.cmcpack"))) >= 2
+    out = tmp_path / "trip1"
+    common = ["--global-batch-size", "4", "--micro-batch-size", "2", "--eval-examples", "8",
+              "--reserve-seconds", "0", "--seconds", "600"]  # fmt: skip
+    done = trip("train", "--packs", str(packs), "--base", str(tiny_model), "--out", str(out),
+                "--steps", "12", "--context-loss-weight", "0.1", *common)  # fmt: skip
+    assert "validation loss: base" in done.stdout
+    ledger = read_model_meta(out / "model")["ledger"]
+    assert ledger["examples_seen"] == 48 and len(ledger["trips"]) == 1
+    first = ledger["trips"][0]
+    assert first["steps"] == 12 and first["config"]["context_loss_weight"] == 0.1
+    assert first["verdict"] == "unjudged" and set(first["val_loss"]) == {"base", "trip"}
+    assert sum(p["examples"] for p in ledger["packs"].values()) == 40
+    assert all(p["seen"] == p["examples"] for p in ledger["packs"].values())  # 48 ≥ 40: all seen
+    assert read_model_meta(out / "model")["budget"]["diff_tokens"] == 64  # the packs' budget
+    # The next trip from this model finds nothing new in the same packs ...
+    again = trip("train", "--packs", str(packs), "--base", str(out / "model"), "--out",
+                 str(tmp_path / "trip2"), "--steps", "2", *common, check=False)  # fmt: skip
+    assert (
+        again.returncode != 0 and "no train-*.cmcpack the base has not already seen" in again.stderr
+    )
+    # ... and new packs continue it, the ledger growing.
+    write_packs(rows(90)[60:], tiny_model, tmp_path / "more", "train", budget, progress=False)
+    for p in packs.glob("validation-*"):
+        (tmp_path / "more" / p.name).write_bytes(p.read_bytes())
+    trip("train", "--packs", str(tmp_path / "more"), "--base", str(out / "model"), "--out",
+         str(tmp_path / "trip2"), "--steps", "2", *common)  # fmt: skip
+    ledger2 = read_model_meta(tmp_path / "trip2" / "model")["ledger"]
+    assert (
+        ledger2["examples_seen"] == 56 and len(ledger2["trips"]) == 2 and len(ledger2["packs"]) == 3
+    )
+
+    test = tmp_path / "test.parquet"
+    pq.write_table(pa.Table.from_pylist(data[50:]), test)
+    judged = trip("judge", "--base", str(tiny_model), "--candidate", str(out / "model"), "--data",
+                  str(test), "--limit", "6", "--out", str(tmp_path / "judge"), check=False)  # fmt: skip
+    table = (tmp_path / "judge" / "table.md").read_text()
+    verdict = read_model_meta(out / "model")["ledger"]["trips"][0]["verdict"]
+    assert verdict in table and (verdict == "kept") == (judged.returncode == 0)
+    assert judged.returncode in (0, 3) and table.count("| 0% |") == 1
