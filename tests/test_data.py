@@ -275,3 +275,48 @@ def test_file_history_in_the_data_is_what_the_hook_gathers_at_that_commit(tmp_pa
         git(b.path, "checkout", "-q", "--detach", f"{row['hash']}~1")
         mods = [Mod(m["change_type"], m["old_path"], m["new_path"]) for m in row["mods"]]
         assert GitRepo(b.path).file_history(mods) == row["file_history"], row["message"]
+
+
+def test_a_snapshot_missing_a_blob_is_mined_around_it_and_a_list_resumes(tmp_path: Path):
+    """A bare OWNER+NAME/repo snapshot (no working tree, no remote) that lacks one blob: that
+    commit is skipped and counted, the others are mined; a list mines in parallel and resumes."""
+    from click.testing import CliRunner
+
+    from cmc.training.cli import data
+
+    b = RepoBuilder(tmp_path / "work")
+    for i in range(6):
+        b.commit(f"Add handler number {i} for the requests", name=f"src/h{i}.py")
+    lost = git(b.path, "rev-parse", "HEAD~2:src/h3.py").stdout.strip()  # commit 4 adds this blob
+    snap = tmp_path / "mirror" / "acme+widgets" / "repo"
+    snap.parent.mkdir(parents=True)
+    git(tmp_path, "clone", "-q", "--bare", "--no-local", str(b.path), str(snap))
+    git(snap, "remote", "remove", "origin")  # as a snapshot: no remote to take a name from
+    packs = list((snap / "objects" / "pack").glob("*.pack"))
+    data_packs = [p.read_bytes() for p in packs]
+    for p in (snap / "objects" / "pack").glob("*"):
+        p.unlink()
+    for blob in data_packs:  # loose objects, so one can be taken away
+        subprocess.run(["git", "unpack-objects", "-q"], cwd=snap, check=True, input=blob)
+    (snap / "objects" / lost[:2] / lost[2:]).unlink()
+    stats = mine_repository(snap, tmp_path / "raw", progress=False)
+    assert stats.repo == "acme/widgets"
+    assert stats.commits == 5 and stats.skipped["missing object (snapshot)"] == 1
+    mined = [r["message"] for r in load_raw([str(tmp_path / "raw")])]
+    assert "Add handler number 3 for the requests" not in mined and len(mined) == 5
+
+    listing = tmp_path / "repos.tsv"
+    listing.write_text("repo\tlanguage\tlicense\nacme/widgets\tPython\tMIT\n"
+                       f"{b.path}\t\t\nnobody/absent\tGo\tMIT\n")  # fmt: skip
+    args = ["mine", "--list", str(listing), "--root", str(tmp_path / "mirror"),
+            "--out", str(tmp_path / "raw2"), "--workers", "2"]  # fmt: skip
+    first = CliRunner().invoke(data, args)
+    assert first.exit_code == 0, first.output
+    assert "nobody/absent: not found" in first.output and "2 mined" in first.output
+    rows = load_raw([str(tmp_path / "raw2" / "acme__widgets")])
+    assert {r["language"] for r in rows} == {"Python"} and {r["license"] for r in rows} == {"MIT"}
+    again = CliRunner().invoke(data, args)
+    assert (
+        "acme/widgets: mined before (5 commits)" in again.output
+        and "1 already mined" in again.output
+    )

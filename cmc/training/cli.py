@@ -19,7 +19,7 @@ def data() -> None:
 
 
 @data.command("mine")
-@click.argument("repos", nargs=-1, required=True)
+@click.argument("repos", nargs=-1)
 @click.option(
     "--out", required=True, type=click.Path(file_okay=False), help="Folder for parquet shards."
 )
@@ -32,25 +32,48 @@ def data() -> None:
     default=None,
     help="At most this many (most recent) commits per repository.",
 )
-def data_mine(repos, out, since, max_commits):
-    """Mine git repositories into raw CommitChronicle rows (one shard folder per repository)."""
-    mine_all(repos, out, since, max_commits)
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="A TSV of repositories (columns repo, and optionally language and license), "
+                   "e.g. ../shared/data/more-repos.tsv; `repo` is a path or OWNER/NAME under --root.")  # fmt: skip
+@click.option("--root", type=click.Path(file_okay=False),
+              help="Where OWNER/NAME of --list are found: ROOT/OWNER+NAME[/repo] or ROOT/OWNER/NAME.")  # fmt: skip
+@click.option("--workers", default=1, show_default=True, help="Repositories mined at once.")
+@click.option("--redo", is_flag=True, help="Mine again repositories already mined completely.")
+def data_mine(repos, out, since, max_commits, list_file, root, workers, redo):
+    """Mine git repositories into raw CommitChronicle rows (one shard folder per repository).
+
+    Resumable: a repository mined completely is skipped the next time (unless --redo)."""
+    from cmc.training.mine import read_repo_list
+
+    jobs = [{"path": r} for r in repos] + (read_repo_list(list_file, root) if list_file else [])
+    if not jobs:
+        raise CmcError("give repositories or --list FILE")
+    mine_all(jobs, out, since, max_commits, workers, redo)
 
 
-def mine_all(repos, out, since, max_commits) -> int:
-    from cmc.training.mine import mine_repository
+def mine_all(jobs, out, since, max_commits, workers: int = 1, redo: bool = False) -> int:
+    """Mine each job (``path``, optional ``name``/``language``/``license_``); a summary at the end."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    mined, failed = 0, 0
-    for repo in repos:
-        try:
-            stats = mine_repository(repo, out, since=since, max_commits=max_commits)
-        except CmcError as exc:
-            click.echo(f"cmc: error: {exc}", err=True)
-            failed += 1
-            continue
-        click.echo(stats.line(), err=True)
-        mined += stats.commits
-    if failed == len(repos):
+    from cmc.training.mine import mine_job
+
+    jobs = [j if isinstance(j, dict) else {"path": j} for j in jobs]
+    results = []
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            futures = [pool.submit(mine_job, j, out, since, max_commits, redo, False) for j in jobs]
+            for fut in as_completed(futures):
+                results.append(fut.result())
+                click.echo(results[-1]["line"], err=True)
+    else:
+        for job in jobs:
+            results.append(mine_job(job, out, since, max_commits, redo, True))
+            click.echo(results[-1]["line"], err=True)
+    mined = sum(r["commits"] for r in results if r["status"] == "mined")
+    counts = {s: sum(r["status"] == s for r in results) for s in ("mined", "done before", "failed")}
+    click.echo(f"{counts['mined']} mined ({mined:,} commits), {counts['done before']} already "
+               f"mined, {counts['failed']} failed", err=True)  # fmt: skip
+    if counts["failed"] == len(jobs):
         raise CmcError("nothing was mined")
     return mined
 
@@ -76,7 +99,7 @@ def data_build(repos, out, since, max_commits, split_by, seed):
     from cmc.training.process import load_raw, process_rows, save_processed
 
     raw = Path(out) / "raw"
-    mine_all(repos, raw, since, max_commits)
+    mine_all(list(repos), raw, since, max_commits)
     per_split, funnel = process_rows(load_raw([str(raw)]), split_by=split_by, seed=seed)
     click.echo(funnel.table(save_processed(per_split, funnel, out)))
 

@@ -11,8 +11,11 @@ commits (shallow boundary, too large) are counted skips.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -99,23 +102,31 @@ def repo_name(repo) -> str:
             return f"{m.group(1)}/{m.group(2)}"
     except (AttributeError, IndexError, ValueError):
         pass
-    return Path(repo.working_tree_dir or repo.git_dir).resolve().name
+    folder = Path(repo.working_tree_dir or repo.git_dir).resolve()
+    if folder.name in ("repo", ".git") and "+" in folder.parent.name:  # a snapshot: OWNER+NAME/repo
+        return folder.parent.name.replace("+", "/", 1)
+    return folder.name
+
+
+def _tracked_files(repo) -> list[str]:
+    """Paths at HEAD (works in a bare repository, which has no index)."""
+    return repo.git.ls_tree("-r", "--name-only", "HEAD").splitlines()
 
 
 def detect_language(repo) -> str:
-    counts = Counter(
-        LANGUAGES.get(Path(p).suffix.lower()) for p in repo.git.ls_files().splitlines()
-    )
+    counts = Counter(LANGUAGES.get(Path(p).suffix.lower()) for p in _tracked_files(repo))
     counts.pop(None, None)
     return counts.most_common(1)[0][0] if counts else "unknown"
 
 
 def detect_license(repo) -> str:
-    root = Path(repo.working_tree_dir or ".")
+    top = set(repo.git.ls_tree("--name-only", "HEAD").splitlines())
     for name in ("LICENSE", "LICENSE.md", "LICENSE.txt", "COPYING", "LICENCE"):
-        f = root / name
-        if f.is_file():
-            head = f.read_text(errors="replace")[:2000]
+        if name in top:
+            try:
+                head = repo.git.show(f"HEAD:{name}")[:2000]
+            except Exception:  # a snapshot may lack the blob: the licence is then unknown
+                return "unknown"
             for needle, spdx in LICENSES:
                 if needle.lower() in head.lower():
                     return spdx
@@ -189,62 +200,60 @@ def changed_lines(patch: str) -> int:
     return patch.count("\n+") + patch.count("\n-") - patch.count("\n+++ ") - patch.count("\n--- ")
 
 
+DONE = "_done.json"  # written last into a repository's folder: its mining is complete
+_MISSING = ("unable to read", "bad object", "missing blob", "could not read", "is corrupt")
+
+
+def target_dir(out: str | Path, name: str) -> Path:
+    return Path(out) / name.replace("/", "__")
+
+
 def mine_repository(
     path: str | Path,
     out: str | Path,
     since: str | None = "2017-01-01",
     max_commits: int | None = None,
     progress: bool = True,
+    name: str | None = None,
+    language: str | None = None,
+    license_: str | None = None,
 ) -> MineStats:
-    """Mine one repository into ``OUT/<owner__name>/shard-NNNNN.parquet``."""
+    """Mine one repository into ``OUT/<owner__name>/shard-NNNNN.parquet`` (+ `DONE` at the end).
+
+    The commits are listed first (``git rev-list``: no merges, since ``since``, the newest
+    ``max_commits``), then streamed oldest first by one ``git log -p``. A commit git cannot show
+    (a snapshot without its largest blobs) is skipped and counted, and the log goes on after it.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
     repo = _open_repo(path)
-    name = repo_name(repo)
+    name = name or repo_name(repo)
     stats = MineStats(name)
-    language, license_ = detect_language(repo), detect_license(repo)
+    language = language or detect_language(repo)
+    license_ = license_ or detect_license(repo)
     shallow = set()
     shallow_file = Path(repo.common_dir) / "shallow"
     if shallow_file.exists():
         shallow = set(shallow_file.read_text().split())
-    target = Path(out) / name.replace("/", "__")
+    target = target_dir(out, name)
     target.mkdir(parents=True, exist_ok=True)
-    for old in target.glob("shard-*.parquet"):
-        old.unlink()
+    for old in [*target.glob("shard-*.parquet"), target / DONE]:
+        old.unlink(missing_ok=True)
+    cwd = repo.working_tree_dir or repo.git_dir
+    listing = ["git", "rev-list", "--no-merges"]
+    listing += [f"--since={since}"] if since else []
+    listing += [f"--max-count={max_commits}"] if max_commits else []
+    listed = subprocess.run([*listing, "HEAD"], cwd=cwd, capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise CmcError(f"{path}: git rev-list failed: {listed.stderr.strip().splitlines()[-1:]}")
+    commits = listed.stdout.split()[::-1]  # oldest first
+    position = {sha: i for i, sha in enumerate(commits)}
 
-    args = [
-        "git",
-        "-c",
-        "core.quotePath=false",
-        "log",
-        "--no-merges",
-        "--reverse",
-        "-p",
-        "-M",
-        "--no-color",
-    ]
-    args += [
-        "--no-ext-diff",
-        "--no-textconv",
-        "--submodule=short",
-        "--src-prefix=a/",
-        "--dst-prefix=b/",
-    ]
-    args += [f"--format={_FORMAT}"]
-    if since:
-        args.append(f"--since={since}")
-    if max_commits:
-        args.append(f"--max-count={max_commits}")
-    args.append("HEAD")
-    proc = subprocess.Popen(
-        args,
-        cwd=repo.working_tree_dir or repo.git_dir,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        bufsize=1 << 20,
-    )
+    args = ["git", "-c", "core.quotePath=false", "log", "--no-walk=unsorted", "--stdin", "-p", "-M",
+            "--no-color", "--no-ext-diff", "--no-textconv", "--submodule=short", "--src-prefix=a/",
+            "--dst-prefix=b/", f"--format={_FORMAT}"]  # fmt: skip
     authors: dict[tuple[str, str], int] = {}
     rows: list[dict] = []
 
@@ -259,58 +268,146 @@ def mine_repository(
             stats.shards.append(str(shard))
             rows.clear()
 
-    bar = tqdm(desc=f"mine {name}", unit="commit", disable=not progress)
+    def take(header: list[str], patch: str | None) -> None:
+        if len(header) < 5:
+            stats.skipped["unparsable header"] += 1
+            return
+        sha, a_name, a_email, ts, message = header[:5]
+        if sha in shallow:
+            stats.skipped["shallow boundary"] += 1
+            return
+        if patch is None:
+            stats.skipped[f"over {MAX_COMMIT_BYTES >> 20} MB of diff"] += 1
+            return
+        if changed_lines(patch) > MAX_CHANGED_LINES:
+            stats.skipped[f"over {MAX_CHANGED_LINES} changed lines"] += 1
+            return
+        mods = [m.as_row() for m in parse_patch_text(patch, MAX_FILE_CHARS)]
+        if not mods:
+            stats.skipped["no file changes"] += 1
+            return
+        if "\ufffd" in message:
+            stats.skipped["message not UTF-8 (kept, replaced)"] += 1
+        email_sha = hashlib.sha1(a_email.strip().lower().encode()).hexdigest()
+        rows.append(
+            {
+                "author": authors.setdefault((a_name, email_sha), len(authors)),
+                "author_name": a_name,
+                "author_email_sha1": email_sha,
+                "date": time.strftime("%d.%m.%Y %H:%M:%S", time.gmtime(int(ts))),
+                "timezone": 0,
+                "hash": sha,
+                "message": message.rstrip("\n"),
+                "mods": mods,
+                "language": language,
+                "license": license_,
+                "repo": name,
+                "original_message": message.rstrip("\n"),
+            }
+        )
+        stats.commits += 1
+        if len(rows) >= SHARD_ROWS:
+            flush()
+
+    bar = tqdm(total=len(commits), desc=f"mine {name}", unit="commit", disable=not progress)
+    begin, proc = 0, None
     try:
-        for header, patch in _commits(proc.stdout):
+        while begin < len(commits):
+            proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, bufsize=1 << 20)  # fmt: skip
+            feed = "".join(sha + "\n" for sha in commits[begin:]).encode()
+            threading.Thread(target=_feed, args=(proc.stdin, feed), daemon=True).start()
+            # Each commit is taken once the next one starts (or git ends well): when git dies on
+            # a commit, its output may be cut short, and that commit is the one skipped.
+            last: tuple[list[str], str | None] | None = None
+            for header, patch in _commits(proc.stdout):
+                if last is not None:
+                    take(*last)
+                    bar.update(1)
+                last = (header, patch)
+            err = proc.stderr.read().decode(errors="replace").strip()
+            proc.wait()
+            if proc.returncode == 0:
+                if last is not None:
+                    take(*last)
+                    bar.update(1)
+                break
+            if not any(word in err.lower() for word in _MISSING):
+                raise CmcError(f"{path}: git log failed: {(err.splitlines() or ['?'])[-1]}")
+            failed = position.get(last[0][0], begin) if last is not None and last[0] else begin
+            stats.skipped["missing object (snapshot)"] += 1
             bar.update(1)
-            if len(header) < 5:
-                stats.skipped["unparsable header"] += 1
-                continue
-            sha, a_name, a_email, ts, message = header[:5]
-            if sha in shallow:
-                stats.skipped["shallow boundary"] += 1
-                continue
-            if patch is None:
-                stats.skipped[f"over {MAX_COMMIT_BYTES >> 20} MB of diff"] += 1
-                continue
-            if changed_lines(patch) > MAX_CHANGED_LINES:
-                stats.skipped[f"over {MAX_CHANGED_LINES} changed lines"] += 1
-                continue
-            mods = [m.as_row() for m in parse_patch_text(patch, MAX_FILE_CHARS)]
-            if not mods:
-                stats.skipped["no file changes"] += 1
-                continue
-            if "\ufffd" in message:
-                stats.skipped["message not UTF-8 (kept, replaced)"] += 1
-            email_sha = hashlib.sha1(a_email.strip().lower().encode()).hexdigest()
-            rows.append(
-                {
-                    "author": authors.setdefault((a_name, email_sha), len(authors)),
-                    "author_name": a_name,
-                    "author_email_sha1": email_sha,
-                    "date": time.strftime("%d.%m.%Y %H:%M:%S", time.gmtime(int(ts))),
-                    "timezone": 0,
-                    "hash": sha,
-                    "message": message.rstrip("\n"),
-                    "mods": mods,
-                    "language": language,
-                    "license": license_,
-                    "repo": name,
-                    "original_message": message.rstrip("\n"),
-                }
-            )
-            stats.commits += 1
-            if len(rows) >= SHARD_ROWS:
-                flush()
+            begin = max(failed, begin) + 1
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         flush()
         writer.shutdown(wait=True)
         for job in pending:
             job.result()
         bar.close()
-        if proc.poll() is None:
-            proc.kill()
-        err = proc.communicate()[1].decode(errors="replace").strip()
-    if proc.returncode not in (0, None, -9) and err:
-        raise CmcError(f"{path}: git log failed: {err.splitlines()[-1]}")
+    done = {"repo": name, "commits": stats.commits, "skipped": dict(stats.skipped),
+            "shards": len(stats.shards), "language": language, "license": license_}  # fmt: skip
+    tmp = target / (DONE + ".tmp")
+    tmp.write_text(json.dumps(done))
+    os.replace(tmp, target / DONE)
     return stats
+
+
+def _feed(pipe, data: bytes) -> None:
+    try:
+        pipe.write(data)
+        pipe.close()
+    except (BrokenPipeError, OSError):
+        pass  # git died early: its error says why
+
+
+def find_repo(spec: str, root: str | Path | None) -> Path | None:
+    """A repository of a list: a path, or OWNER/NAME under ``root`` (a snapshot's layout)."""
+    if Path(spec).exists():
+        return Path(spec)
+    if root is None or "/" not in spec:
+        return None
+    owner, name = spec.split("/", 1)
+    for candidate in (f"{owner}+{name}/repo", f"{owner}+{name}", f"{owner}/{name}", f"{owner}__{name}"):  # fmt: skip
+        if (Path(root) / candidate).exists():
+            return Path(root) / candidate
+    return None
+
+
+def read_repo_list(path: str | Path, root: str | Path | None) -> list[dict]:
+    """Jobs from a TSV whose header names ``repo`` (and optionally ``language``, ``license``)."""
+    lines = [
+        ln.rstrip("\n").split("\t") for ln in Path(path).read_text().splitlines() if ln.strip()
+    ]
+    if not lines or "repo" not in lines[0]:
+        raise CmcError(f"{path}: a TSV with a header line naming a 'repo' column")
+    head = lines[0]
+    jobs = []
+    for cells in lines[1:]:
+        row = dict(zip(head, cells))
+        spec = row.get("repo", "")
+        found = find_repo(spec, root)
+        jobs.append({"path": str(found) if found else None, "spec": spec,
+                     "name": spec if "/" in spec and not Path(spec).exists() else None,
+                     "language": row.get("language") or None, "license_": row.get("license") or None})  # fmt: skip
+    return jobs
+
+
+def mine_job(job: dict, out: str | Path, since, max_commits, redo: bool, progress: bool) -> dict:
+    """One repository of `cmc data mine`: skipped when mined completely before; never raises."""
+    spec = job.get("spec") or job.get("path")
+    if not job.get("path"):
+        return {"status": "failed", "commits": 0, "line": f"{spec}: not found (fetch it first)"}
+    name = job.get("name")
+    if name and not redo and (target_dir(out, name) / DONE).exists():
+        done = json.loads((target_dir(out, name) / DONE).read_text())
+        return {"status": "done before", "commits": done["commits"],
+                "line": f"{name}: mined before ({done['commits']} commits)"}  # fmt: skip
+    try:
+        stats = mine_repository(job["path"], out, since=since, max_commits=max_commits,
+                                progress=progress, name=name, language=job.get("language"),
+                                license_=job.get("license_"))  # fmt: skip
+    except CmcError as exc:
+        return {"status": "failed", "commits": 0, "line": f"cmc: error: {exc}"}
+    return {"status": "mined", "commits": stats.commits, "line": stats.line()}

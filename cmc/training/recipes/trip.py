@@ -135,7 +135,7 @@ def train(args: argparse.Namespace) -> int:
         raise SystemExit(f"training failed ({code}): see {out / 'run.log'}")
     print(f"[{time.time() - t0:.0f}s] trained", flush=True)
 
-    model = export_checkpoint(run, out / "model.tmp", dtype="bfloat16", max_shard_size="2GB")
+    model = export_checkpoint(run, out / "model.tmp", dtype="bfloat16", max_shard_size="15MB")
     info = json.loads((find_checkpoint(run) / "trainer.json").read_text())
     consumed = int(info["consumed"])
     share = min(1.0, consumed / meta["examples"])  # the order is a shuffle of all packs' examples
