@@ -291,7 +291,7 @@ def test_a_snapshot_missing_a_blob_is_mined_around_it_and_a_list_resumes(tmp_pat
     snap = tmp_path / "mirror" / "acme+widgets" / "repo"
     snap.parent.mkdir(parents=True)
     git(tmp_path, "clone", "-q", "--bare", "--no-local", str(b.path), str(snap))
-    git(snap, "remote", "remove", "origin")  # as a snapshot: no remote to take a name from
+    (snap / "config").unlink()  # as a fetched snapshot: no config, no remote to take a name from
     packs = list((snap / "objects" / "pack").glob("*.pack"))
     data_packs = [p.read_bytes() for p in packs]
     for p in (snap / "objects" / "pack").glob("*"):

@@ -67,18 +67,34 @@ class MineStats:
         )
 
 
-def _open_repo(path: str | Path):
-    import git
+class _Repo:
+    """A repository as mining needs it, through the git CLI: a working copy, a bare repository or a
+    snapshot's git folder (which has no config, so gitpython would take its parent for the tree)."""
 
-    try:
-        repo = git.Repo(path)
-    except git.NoSuchPathError as exc:
-        raise CmcError(f"{path}: no such folder") from exc
-    except git.InvalidGitRepositoryError as exc:
-        raise CmcError(f"{path}: not a git repository") from exc
-    if not repo.head.is_valid():
-        raise CmcError(f"{path}: repository has no commits")
-    return repo
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CmcError(f"{path}: no such folder")
+        probe = self.run("rev-parse", "--git-common-dir", check=False)
+        if probe.returncode != 0:
+            raise CmcError(f"{path}: not a git repository")
+        self.common_dir = (self.path / probe.stdout.strip()).resolve()
+        if self.run("rev-parse", "--verify", "-q", "HEAD^{commit}", check=False).returncode != 0:
+            raise CmcError(f"{path}: repository has no commits")
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        done = subprocess.run(["git", *args], cwd=self.path, capture_output=True, text=True,
+                              errors="replace")  # fmt: skip
+        if check and done.returncode != 0:
+            raise CmcError(f"{self.path}: git {args[0]} failed: {done.stderr.strip()[-200:]}")
+        return done
+
+    def out(self, *args: str) -> str:
+        return self.run(*args).stdout
+
+
+def _open_repo(path: str | Path) -> _Repo:
+    return _Repo(path)
 
 
 @lru_cache(maxsize=1)
@@ -94,39 +110,32 @@ def _raw_schema():
     return pa.schema(fields)
 
 
-def repo_name(repo) -> str:
-    try:
-        url = repo.remotes.origin.url
-        m = re.search(r"[:/]([^/:]+)/([^/]+?)(?:\.git)?/?$", url)
-        if m:
-            return f"{m.group(1)}/{m.group(2)}"
-    except (AttributeError, IndexError, ValueError):
-        pass
-    folder = Path(repo.working_tree_dir or repo.git_dir).resolve()
+def repo_name(repo: _Repo) -> str:
+    url = repo.run("config", "--get", "remote.origin.url", check=False).stdout.strip()
+    m = re.search(r"[:/]([^/:]+)/([^/]+?)(?:\.git)?/?$", url)
+    if m:
+        return f"{m.group(1)}/{m.group(2)}"
+    folder = repo.path.resolve()
     if folder.name in ("repo", ".git") and "+" in folder.parent.name:  # a snapshot: OWNER+NAME/repo
         return folder.parent.name.replace("+", "/", 1)
     return folder.name
 
 
-def _tracked_files(repo) -> list[str]:
-    """Paths at HEAD (works in a bare repository, which has no index)."""
-    return repo.git.ls_tree("-r", "--name-only", "HEAD").splitlines()
-
-
-def detect_language(repo) -> str:
-    counts = Counter(LANGUAGES.get(Path(p).suffix.lower()) for p in _tracked_files(repo))
+def detect_language(repo: _Repo) -> str:
+    paths = repo.out("ls-tree", "-r", "--name-only", "HEAD").splitlines()
+    counts = Counter(LANGUAGES.get(Path(p).suffix.lower()) for p in paths)
     counts.pop(None, None)
     return counts.most_common(1)[0][0] if counts else "unknown"
 
 
-def detect_license(repo) -> str:
-    top = set(repo.git.ls_tree("--name-only", "HEAD").splitlines())
+def detect_license(repo: _Repo) -> str:
+    top = set(repo.out("ls-tree", "--name-only", "HEAD").splitlines())
     for name in ("LICENSE", "LICENSE.md", "LICENSE.txt", "COPYING", "LICENCE"):
         if name in top:
-            try:
-                head = repo.git.show(f"HEAD:{name}")[:2000]
-            except Exception:  # a snapshot may lack the blob: the licence is then unknown
+            shown = repo.run("show", f"HEAD:{name}", check=False)
+            if shown.returncode != 0:  # a snapshot may lack the blob
                 return "unknown"
+            head = shown.stdout[:2000]
             for needle, spdx in LICENSES:
                 if needle.lower() in head.lower():
                     return spdx
@@ -234,14 +243,14 @@ def mine_repository(
     language = language or detect_language(repo)
     license_ = license_ or detect_license(repo)
     shallow = set()
-    shallow_file = Path(repo.common_dir) / "shallow"
+    shallow_file = repo.common_dir / "shallow"
     if shallow_file.exists():
         shallow = set(shallow_file.read_text().split())
     target = target_dir(out, name)
     target.mkdir(parents=True, exist_ok=True)
     for old in [*target.glob("shard-*.parquet"), target / DONE]:
         old.unlink(missing_ok=True)
-    cwd = repo.working_tree_dir or repo.git_dir
+    cwd = repo.path
     listing = ["git", "rev-list", "--no-merges"]
     listing += [f"--since={since}"] if since else []
     listing += [f"--max-count={max_commits}"] if max_commits else []
