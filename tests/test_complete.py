@@ -287,3 +287,26 @@ def test_candidates_differ_in_substance_not_by_a_digit_or_a_period():
 
     assert substance("Bump version to 1.2.3.") == substance("bump version to 1.2.4")
     assert substance("Fix typo") == substance("Fix typo.") != substance("Fix typos")
+
+
+def test_a_subject_line_only_unless_the_author_writes_bodies():
+    """Measured on the test repositories (README): bodies the author does not write cost B-Norm.
+    The bundled model writes a body here when the history has them, and stops at the subject
+    line when it has none."""
+    from cmc.complete import Context, complete_context, writes_bodies
+    from cmc.model import load_model
+    from cmc.settings import BUNDLED_MODEL
+
+    assert not writes_bodies([]) and not writes_bodies(["a b", "c d", "e f", "g h"])
+    assert writes_bodies(["a b"] * 7 + ["subject\n\nbody"] * 3)
+    assert not writes_bodies(["subject\n\nbody"] * 3 + ["a b"] * 10)  # only the last ten count
+    lm = load_model(str(BUNDLED_MODEL))
+    diff = "src/parser.py\n def parse(text):\n+    if not text:\n+        return []\n     return text.split()\n"
+    bodies = ["Add the tokenizer\n\nIt splits on whitespace and keeps quoted strings together.",
+              "Fix the lexer on tabs\n\nTabs were counted as one column; they are now expanded.",
+              "Speed up parsing\n\nThe grammar is compiled once per process."]  # fmt: skip
+    subjects = [b.split("\n")[0] for b in bodies]
+    with_bodies = complete_context(lm, Context(diff, bodies), "").candidates
+    assert any("\n" in c.continuation for c in with_bodies)
+    without = complete_context(lm, Context(diff, subjects), "").candidates
+    assert without and not any("\n" in c.continuation for c in without)
