@@ -24,6 +24,20 @@ ATTACKER = 65534
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as a second user")
 
 
+@pytest.fixture(autouse=True)
+def no_daemon_left_behind(tmp_path):
+    """Daemons these tests start (some in folders no ping reaches) end with the test."""
+    yield
+    for proc in Path("/proc").iterdir():
+        try:
+            cwd = os.readlink(proc / "cwd")
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if b"cmc.cli\0serve" in cmdline and cwd.startswith(str(tmp_path)):
+            os.kill(int(proc.name), signal.SIGKILL)
+
+
 def as_attacker(code: str) -> None:
     subprocess.run(
         ["/usr/bin/env", "python3", "-c", code], check=True, user=ATTACKER, group=ATTACKER
