@@ -81,13 +81,37 @@ def real_prompt_ids(tokenizer, budget, n_tokens: int = 600) -> tuple[list[int], 
     return ids[-n_tokens:] if len(ids) > n_tokens else ids, prompt.message_start
 
 
-def load_seconds(model: str, runtime: str) -> float:
+# Part 1's arms: (runtime, environment of a fresh process, products engine, precision)
+ARMS = {
+    "numpy products (OpenBLAS)": ("numpy", {"CMC_MATMUL": "numpy"}, "numpy", "float32"),
+    "onnxruntime float32": ("numpy", {"CMC_PRECISION": "float32"}, "onnxruntime", "float32"),
+    "onnxruntime int8": ("numpy", {"CMC_PRECISION": "int8"}, "onnxruntime", "int8"),
+    "transformers": ("transformers", {}, None, None),
+}
+
+
+def load_arm(model: str, arm: str):
+    """The model as ``arm`` runs it, in this process."""
+    from cmc.model import LoadedModel, load_model, read_budget
+    from cmc.runtime.llama import NumpyLlama
+    from cmc.runtime.tokenizer import LeanTokenizer
+
+    runtime, _, engine, precision = ARMS[arm]
+    if runtime == "transformers":
+        return load_model(model, runtime)
+    return LoadedModel(model, NumpyLlama(model, precision, engine), LeanTokenizer(model),
+                       read_budget(model))  # fmt: skip
+
+
+def load_seconds(model: str, arm: str) -> float:
+    runtime, env, _, _ = ARMS[arm]
     code = (
         "import sys, time; t = time.perf_counter(); from cmc.model import load_model; "
         "load_model(sys.argv[1], sys.argv[2]); print(time.perf_counter() - t)"
     )
     out = subprocess.run([sys.executable, "-c", code, model, runtime], capture_output=True,
-                         text=True, check=True, cwd=tempfile.gettempdir())  # fmt: skip
+                         text=True, check=True, cwd=tempfile.gettempdir(),
+                         env={**os.environ, **env})  # fmt: skip
     return float(out.stdout.split()[-1])
 
 
@@ -173,15 +197,12 @@ def ct2_rows(model: str, reps: int, tmp: Path) -> dict:
 
 
 def part1(model: str, reps: int, loaded: bool, use_ct2: bool, tmp: Path) -> None:
-    from cmc.model import load_model
-
     rows = {}
     with busy(loaded):
-        for runtime in ("numpy", "transformers"):
-            lm = load_model(model, runtime)
-            row = part1_row(lm, reps)
-            row["load"] = med([load_seconds(model, runtime) for _ in range(max(2, reps // 2))])
-            rows[runtime] = row
+        for arm in ARMS:
+            row = part1_row(load_arm(model, arm), reps)
+            row["load"] = med([load_seconds(model, arm) for _ in range(max(2, reps // 2))])
+            rows[arm] = row
         if use_ct2:
             rows.update(ct2_rows(model, reps, tmp))
     base = rows["transformers"]

@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 
 if "numpy" not in _sys.modules:
     # numpy's OpenBLAS starts a thread per core: a 9M model's products gain little from a second
-    # thread and lose a lot when the cores are busy (`cmc.model.inference_threads`). Set before
+    # thread and lose a lot when the cores are busy (`cmc.settings.inference_threads`). Set before
     # numpy is first imported, which is the only time OpenBLAS reads it.
     _os.environ.setdefault("OPENBLAS_NUM_THREADS", _os.environ.get("CMC_THREADS", "1"))
 

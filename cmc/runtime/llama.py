@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cmc.runtime.linear import Linear, NumpyLinear, linear_factory
 from cmc.runtime.weights import read_weights
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -66,24 +67,23 @@ class BeamState:
 
 @dataclass
 class _Layer:
-    """Matrices stored (in, out), contiguous: ``x @ w`` is the fastest product measured here."""
+    """The products of a layer (`cmc.runtime.linear`), biases included."""
 
     norm_in: np.ndarray
-    qkv: np.ndarray  # (hidden, q + 2 kv widths)
-    qkv_bias: np.ndarray | None
-    o: np.ndarray
-    o_bias: np.ndarray | None
+    qkv: Linear  # hidden -> q + 2 kv widths
+    o: Linear
     norm_post: np.ndarray
-    gate_up: np.ndarray  # (hidden, 2 * intermediate)
-    down: np.ndarray
-    mlp_bias: tuple[np.ndarray, np.ndarray] | None
+    gate_up: Linear  # hidden -> 2 * intermediate
+    down: Linear
 
 
 class NumpyLlama:
     kind = "numpy"
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, precision: str = "float32", engine: str | None = None):
         folder = Path(folder)
+        make = linear_factory(precision, engine)
+        self.precision = "float32" if make is NumpyLinear else precision
         cfg = json.loads((folder / "config.json").read_text())
         reason = unsupported(cfg)
         if reason:
@@ -114,53 +114,48 @@ class NumpyLlama:
         head = w.pop("lm_head.weight", None)
         if head is None and not cfg.get("tie_word_embeddings", True):
             raise ValueError("weights lack lm_head.weight")
-        # The head in both layouts (measured here: one row is fastest against (hidden, vocab),
-        # a batch of beams against (vocab, hidden), ~1.5x each way); tied: the second is the
-        # embedding itself.
-        self.head_rows = self.embed if head is None else head
-        self._head_cols: np.ndarray | None = None  # made on the first one-row step
+        head_rows = self.embed if head is None else head  # (vocab, hidden)
+        self.vocab_size = head_rows.shape[0]
+        count = self.embed.size + (0 if head is None else head.size)
+        if make is NumpyLinear:
+            # The head in both layouts (measured here: one row is fastest against (hidden,
+            # vocab), a batch of beams against (vocab, hidden), ~1.5x each way); tied: the second
+            # is the embedding itself.
+            self.head_rows: np.ndarray | None = head_rows
+            self._head_cols: np.ndarray | None = None  # made on the first one-row step
+            self.head: Linear | None = None
+        else:
+            self.head_rows = None
+            self.head = make(head_rows.T)
         self.norm = take("model.norm.weight")
+        count += self.norm.size
         self.layers = []
         for i in range(cfg["num_hidden_layers"]):
             p = f"model.layers.{i}."
             a, m = p + "self_attn.", p + "mlp."
-            qkv_bias = None
-            if cfg.get("attention_bias"):
-                qkv_bias = np.concatenate([take(a + f"{x}_proj.bias") for x in "qkv"])
-            o_bias = take(a + "o_proj.bias") if cfg.get("attention_bias") else None
-            mlp_bias = None
-            if cfg.get("mlp_bias"):
-                gb, ub = take(m + "gate_proj.bias"), take(m + "up_proj.bias")
-                mlp_bias = (np.concatenate([gb, ub]), take(m + "down_proj.bias"))
+            attn_bias, mlp_bias = cfg.get("attention_bias"), cfg.get("mlp_bias")
 
-            def t(*names: str) -> np.ndarray:
-                return np.ascontiguousarray(np.concatenate([take(n) for n in names]).T)
+            def product(names: list[str], with_bias: bool) -> Linear:
+                nonlocal count
+                w = np.concatenate([take(n + ".weight") for n in names])  # (out, in)
+                b = np.concatenate([take(n + ".bias") for n in names]) if with_bias else None
+                count += w.size + (0 if b is None else b.size)
+                return make(np.ascontiguousarray(w.T), b)
 
+            norm_in = take(p + "input_layernorm.weight")
+            norm_post = take(p + "post_attention_layernorm.weight")
+            count += norm_in.size + norm_post.size
             self.layers.append(
                 _Layer(
-                    norm_in=take(p + "input_layernorm.weight"),
-                    qkv=t(*(a + f"{x}_proj.weight" for x in "qkv")),
-                    qkv_bias=qkv_bias,
-                    o=t(a + "o_proj.weight"),
-                    o_bias=o_bias,
-                    norm_post=take(p + "post_attention_layernorm.weight"),
-                    gate_up=t(m + "gate_proj.weight", m + "up_proj.weight"),
-                    down=t(m + "down_proj.weight"),
-                    mlp_bias=mlp_bias,
+                    norm_in=norm_in,
+                    qkv=product([a + f"{x}_proj" for x in "qkv"], attn_bias),
+                    o=product([a + "o_proj"], attn_bias),
+                    norm_post=norm_post,
+                    gate_up=product([m + "gate_proj", m + "up_proj"], mlp_bias),
+                    down=product([m + "down_proj"], mlp_bias),
                 )
             )
-        self.vocab_size = self.head_rows.shape[0]
-        self.num_parameters = (
-            sum(
-                a.size
-                for layer in self.layers
-                for a in vars(layer).values()
-                if isinstance(a, np.ndarray)
-            )
-            + self.embed.size
-            + self.norm.size
-            + (0 if head is None else head.size)
-        )
+        self.num_parameters = count
 
     # --- pieces ---------------------------------------------------------------------------------
 
@@ -184,33 +179,23 @@ class NumpyLlama:
         return x * cos + rotated * sin
 
     def _qkv(self, layer: _Layer, x: np.ndarray):
-        h = self._rms(x, layer.norm_in)
-        qkv = h @ layer.qkv
-        if layer.qkv_bias is not None:
-            qkv += layer.qkv_bias
+        qkv = layer.qkv(self._rms(x, layer.norm_in))
         nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         return qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
 
     def _out_and_mlp(self, layer: _Layer, x: np.ndarray, attn: np.ndarray) -> np.ndarray:
-        o = attn @ layer.o
-        if layer.o_bias is not None:
-            o += layer.o_bias
-        x = x + o
-        h = self._rms(x, layer.norm_post)
-        gu = h @ layer.gate_up
-        if layer.mlp_bias is not None:
-            gu += layer.mlp_bias[0]
+        x = x + layer.o(attn)
+        gu = layer.gate_up(self._rms(x, layer.norm_post))
         inter = gu.shape[-1] // 2
         gate, up = gu[:, :inter], gu[:, inter:]
         with np.errstate(over="ignore"):  # exp(-gate) = inf for a very negative gate: silu = -0
             act = gate / (1.0 + np.exp(-gate)) * up
-        down = act @ layer.down
-        if layer.mlp_bias is not None:
-            down += layer.mlp_bias[1]
-        return x + down
+        return x + layer.down(act)
 
     def _logits(self, x: np.ndarray, prefill: bool = False) -> np.ndarray:
         h = self._rms(x, self.norm)
+        if self.head is not None:
+            return self.head(h)
         if h.shape[0] == 1 and not prefill:  # greedy decoding: worth a transposed copy
             if self._head_cols is None:
                 self._head_cols = np.ascontiguousarray(self.head_rows.T)

@@ -44,10 +44,30 @@ def check_runtime(folder: Path, probe: int = 48, atol: float = 1e-3) -> dict:
     ids = [(7 * i + 3) % lean.vocab_size for i in range(probe)]
     with torch.no_grad():
         want = ref(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
-    diff = float(np.abs(lean.prefill(None, ids)[1] - want).max())
+    exact = lean.prefill(None, ids)[1]
+    diff = float(np.abs(exact - want).max())
     if diff > atol:
         return {"name": "transformers", "why": f"numpy logits differ by {diff:.2g}"}
-    return {"name": "numpy", "max_logit_diff": diff}
+    return {"name": "numpy", "max_logit_diff": diff, **check_int8(folder, ids, exact)}
+
+
+def check_int8(folder: Path, ids: list[int], exact, min_corr: float = 0.995) -> dict:
+    """Whether int8 weight products (`cmc.runtime.linear`) keep this model's answer on the probe:
+    the same most likely next token and logits correlated ≥ ``min_corr`` with float32's (the
+    bundled model: 0.9998; a random 40M Llama: 0.999). The precision `load_model` uses."""
+    import numpy as np
+
+    from cmc.runtime.linear import matmul_engine
+    from cmc.runtime.llama import NumpyLlama
+
+    if matmul_engine() != "onnxruntime":
+        return {"precision": "float32", "int8": "not checked: onnxruntime is not installed"}
+    got = NumpyLlama(folder, "int8").prefill(None, ids)[1]
+    corr = float(np.corrcoef(exact, got)[0, 1])
+    same_top = bool(exact.argmax() == got.argmax())
+    ok = same_top and corr >= min_corr
+    return {"precision": "int8" if ok else "float32",
+            "int8": {"logit_corr": round(corr, 6), "same_top_token": same_top}}  # fmt: skip
 
 
 def export_checkpoint(
@@ -75,9 +95,11 @@ def export_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     model.to(getattr(torch, dtype)).save_pretrained(tmp, max_shard_size=max_shard_size)
     AutoTokenizer.from_pretrained(init).save_pretrained(tmp)
-    meta = {k: v for k, v in read_model_meta(init).items() if k not in ("budget", "runtime")}
+    drop = ("budget", "runtime", "precision")
+    meta = {k: v for k, v in read_model_meta(init).items() if k not in drop}
     meta.update(step=info.get("step"), consumed_samples=info.get("consumed"))
     meta["runtime"] = check_runtime(tmp)
+    meta["precision"] = meta["runtime"].pop("precision", "float32")
     write_model_meta(tmp, read_budget(init), **meta)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

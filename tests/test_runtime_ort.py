@@ -1,0 +1,139 @@
+"""The weight products on onnxruntime: the graphs cmc writes, float32 equal to numpy, int8 close.
+
+`cmc.runtime.onnxproto` writes ONNX without the `onnx` package; here `onnx` (a test dependency)
+parses what it writes and compares it with its own `onnx.helper` build. The products are compared
+with numpy's on real shapes; the whole model on both engines against transformers is in
+`test_runtime.py`.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from cmc.runtime import onnxproto as P
+from cmc.runtime.linear import NumpyLinear, OrtLinear, linear_factory, quantize_columns
+
+
+def test_written_model_is_what_onnx_helper_builds():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 5)).astype(np.float32)
+    q = rng.integers(-127, 128, (6, 5)).astype(np.int8)
+    ours = P.model(
+        [
+            P.node("MatMul", ["x", "w"], ["xw"]),
+            P.node("DynamicQuantizeMatMul", ["x", "q", "s"], ["y"], domain="com.microsoft"),
+            P.node("Transpose", ["y"], ["t"], perm=[1, 0]),
+            P.node("Softmax", ["t"], ["z"], axis=-1),
+        ],
+        [P.value_info("x", P.FLOAT, ["rows", 6])],
+        [P.value_info("z", P.FLOAT, [5, "rows"]), P.value_info("xw", P.FLOAT, ["rows", 5])],
+        [P.tensor("w", w), P.tensor("q", q), P.tensor("s", np.ones(5, np.float32))],
+        {"": 17, "com.microsoft": 1},
+    )
+    parsed = onnx.load_from_string(ours)
+    theirs = helper.make_model(
+        helper.make_graph(
+            [
+                helper.make_node("MatMul", ["x", "w"], ["xw"]),
+                helper.make_node(
+                    "DynamicQuantizeMatMul", ["x", "q", "s"], ["y"], domain="com.microsoft"
+                ),
+                helper.make_node("Transpose", ["y"], ["t"], perm=[1, 0]),
+                helper.make_node("Softmax", ["t"], ["z"], axis=-1),
+            ],
+            "cmc",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["rows", 6])],
+            [
+                helper.make_tensor_value_info("z", TensorProto.FLOAT, [5, "rows"]),
+                helper.make_tensor_value_info("xw", TensorProto.FLOAT, ["rows", 5]),
+            ],
+            [
+                numpy_helper.from_array(w, "w"),
+                numpy_helper.from_array(q, "q"),
+                numpy_helper.from_array(np.ones(5, np.float32), "s"),
+            ],
+        ),
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+        ir_version=P.IR_VERSION,
+    )
+    assert parsed.ir_version == theirs.ir_version
+    assert list(parsed.opset_import) == list(theirs.opset_import)
+    assert list(parsed.graph.node) == list(theirs.graph.node)
+    assert list(parsed.graph.input) == list(theirs.graph.input)
+    assert list(parsed.graph.output) == list(theirs.graph.output)
+    for a, b in zip(parsed.graph.initializer, theirs.graph.initializer, strict=True):
+        assert a.name == b.name and a.data_type == b.data_type
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+    onnx.checker.check_model(parsed)
+
+
+def test_negative_and_large_varints_round_trip():
+    ours = P.model(
+        [P.node("Transpose", ["x"], ["y"], perm=[-1, 0, 2**40])],
+        [P.value_info("x", P.FLOAT, [3, 4])],
+        [P.value_info("y", P.FLOAT, [4, 3])],
+        [],
+        {"": 17},
+    )
+    attr = onnx.load_from_string(ours).graph.node[0].attribute[0]
+    assert list(attr.ints) == [-1, 0, 2**40]
+
+
+@pytest.mark.parametrize("rows", [1, 5, 600])
+@pytest.mark.parametrize("bias", [False, True])
+def test_float32_products_equal_numpy(rows, bias):
+    rng = np.random.default_rng(rows)
+    w = (rng.standard_normal((256, 704)) * 0.05).astype(np.float32)
+    b = rng.standard_normal(704).astype(np.float32) if bias else None
+    x = rng.standard_normal((rows, 256)).astype(np.float32)
+    got = OrtLinear(w, b, "float32")(x)
+    want = NumpyLinear(w, b)(x)
+    assert got.dtype == np.float32 and got.shape == (rows, 704)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 5, 600])
+def test_int8_products_are_close_to_float32(rows):
+    rng = np.random.default_rng(rows)
+    w = (rng.standard_normal((512, 1536)) * 0.02).astype(np.float32)
+    x = rng.standard_normal((rows, 512)).astype(np.float32)
+    got = OrtLinear(w, None, "int8")(x)
+    want = x @ w
+    rel = np.abs(got - want).max() / np.abs(want).max()
+    assert 0 < rel < 0.03, rel  # quantized, so not equal; close
+
+
+def test_quantized_columns_reconstruct_their_matrix():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 32)).astype(np.float32) * np.linspace(0.01, 3, 32)
+    w[:, 5] = 0.0  # an all-zero column keeps a usable scale
+    q, scale = quantize_columns(w, levels=127)
+    assert q.dtype == np.int8 and np.abs(q).max() == 127
+    np.testing.assert_array_equal(q[:, 5], 0)
+    err = np.abs(q * scale - w)
+    assert np.all(err <= scale / 2 + 1e-7)
+
+
+def test_engine_choice_and_fallback_without_onnxruntime(monkeypatch):
+    monkeypatch.setenv("CMC_MATMUL", "numpy")
+    assert linear_factory("int8") is NumpyLinear
+    monkeypatch.delenv("CMC_MATMUL")
+    assert linear_factory("float32") is not NumpyLinear
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None\n"
+        "from cmc.runtime.linear import linear_factory, NumpyLinear, matmul_engine\n"
+        "from cmc.model import load_model\n"
+        "from cmc.settings import BUNDLED_MODEL\n"
+        "assert matmul_engine() == 'numpy' and linear_factory('int8') is NumpyLinear\n"
+        "lm = load_model(str(BUNDLED_MODEL))\n"
+        "print(lm.model.precision, lm.model.prefill(None, [5, 6, 7])[1].shape)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "float32"
