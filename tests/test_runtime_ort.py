@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cmc.runtime import onnxproto as P
-from cmc.runtime.linear import NumpyLinear, OrtLinear, linear_factory, quantize_columns
+from cmc.runtime.linear import NumpyLinear, OrtLinear, linear_factory, quantize_rows
 
 
 def test_written_model_is_what_onnx_helper_builds():
@@ -89,11 +89,12 @@ def test_negative_and_large_varints_round_trip():
 @pytest.mark.parametrize("bias", [False, True])
 def test_float32_products_equal_numpy(rows, bias):
     rng = np.random.default_rng(rows)
-    w = (rng.standard_normal((256, 704)) * 0.05).astype(np.float32)
+    w = (rng.standard_normal((704, 256)) * 0.05).astype(np.float32)  # (out, in), as torch's
     b = rng.standard_normal(704).astype(np.float32) if bias else None
     x = rng.standard_normal((rows, 256)).astype(np.float32)
     got = OrtLinear(w, b, "float32")(x)
     want = NumpyLinear(w, b)(x)
+    np.testing.assert_allclose(want, x @ w.T + (0 if b is None else b), rtol=1e-5, atol=1e-5)
     assert got.dtype == np.float32 and got.shape == (rows, 704)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -101,23 +102,25 @@ def test_float32_products_equal_numpy(rows, bias):
 @pytest.mark.parametrize("rows", [1, 5, 600])
 def test_int8_products_are_close_to_float32(rows):
     rng = np.random.default_rng(rows)
-    w = (rng.standard_normal((512, 1536)) * 0.02).astype(np.float32)
+    w = (rng.standard_normal((1536, 512)) * 0.02).astype(np.float32)
     x = rng.standard_normal((rows, 512)).astype(np.float32)
     got = OrtLinear(w, None, "int8")(x)
-    want = x @ w
+    want = x @ w.T
     rel = np.abs(got - want).max() / np.abs(want).max()
     assert 0 < rel < 0.03, rel  # quantized, so not equal; close
 
 
-def test_quantized_columns_reconstruct_their_matrix():
+def test_quantized_rows_reconstruct_their_matrix():
     rng = np.random.default_rng(1)
-    w = rng.standard_normal((64, 32)).astype(np.float32) * np.linspace(0.01, 3, 32)
-    w[:, 5] = 0.0  # an all-zero column keeps a usable scale
-    q, scale = quantize_columns(w, levels=127)
-    assert q.dtype == np.int8 and np.abs(q).max() == 127
-    np.testing.assert_array_equal(q[:, 5], 0)
-    err = np.abs(q * scale - w)
-    assert np.all(err <= scale / 2 + 1e-7)
+    w = rng.standard_normal((32, 64)).astype(np.float32) * np.linspace(0.01, 3, 32)[:, None]
+    w[5] = 0.0  # an all-zero output keeps a usable scale
+    w[7, 3] = -50.0  # the largest magnitude negative: still within the levels
+    q, scale = quantize_rows(w, levels=127)
+    assert q.shape == (32, 64) and q.dtype == np.int8
+    assert np.abs(q).max() == 127 and q[7, 3] == -127
+    np.testing.assert_array_equal(q[5], 0)
+    err = np.abs(q * scale[:, None] - w)
+    assert np.all(err <= scale[:, None] / 2 + 1e-6)
 
 
 def test_engine_choice_and_fallback_without_onnxruntime(monkeypatch):

@@ -126,7 +126,7 @@ class NumpyLlama:
             self.head: Linear | None = None
         else:
             self.head_rows = None
-            self.head = make(head_rows.T)
+            self.head = make(head_rows)
         self.norm = take("model.norm.weight")
         count += self.norm.size
         self.layers = []
@@ -140,7 +140,7 @@ class NumpyLlama:
                 w = np.concatenate([take(n + ".weight") for n in names])  # (out, in)
                 b = np.concatenate([take(n + ".bias") for n in names]) if with_bias else None
                 count += w.size + (0 if b is None else b.size)
-                return make(np.ascontiguousarray(w.T), b)
+                return make(w, b)
 
             norm_in = take(p + "input_layernorm.weight")
             norm_post = take(p + "post_attention_layernorm.weight")
