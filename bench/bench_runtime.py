@@ -325,16 +325,20 @@ def keystrokes(repo: Path, sock: Path) -> tuple[list[float], list[float]]:
 
 def part2(model: str, reps: int, loads: list[bool], tmp: Path) -> None:
     results: dict[tuple[str, bool], dict] = {}
-    arms = {"numpy": ("numpy", "1"), "numpy, 2 threads": ("numpy", "2"),
-            "transformers": ("transformers", "1")}  # fmt: skip
+    arms = {
+        "numpy products (OpenBLAS)": ("numpy", "1", {"CMC_MATMUL": "numpy"}),
+        "onnxruntime int8 (default)": ("numpy", "1", {}),
+        "onnxruntime int8, 2 threads": ("numpy", "2", {}),
+        "transformers": ("transformers", "1", {}),
+    }
     for loaded in loads:
-        for i, (name, (runtime, threads)) in enumerate(arms.items()):
+        for i, (name, (runtime, threads, extra)) in enumerate(arms.items()):
             work = tmp / f"p2-{i}-{int(loaded)}"
             work.mkdir()
             repo = make_repo(work / "repo", model)
             sock = work / "run" / "cmc.sock"
             env = {**os.environ, "CMC_RUNTIME": runtime, "CMC_SOCKET": str(sock),
-                   "CMC_THREADS": threads, "PATH": f"{BIN}:{os.environ['PATH']}"}  # fmt: skip
+                   "CMC_THREADS": threads, "PATH": f"{BIN}:{os.environ['PATH']}", **extra}  # fmt: skip
             env.pop("OPENBLAS_NUM_THREADS", None)
             env.pop("CMC_DISABLE", None)
             subprocess.run([str(BIN / "cmc"), "hook", "install"], cwd=repo, env=env, check=True,

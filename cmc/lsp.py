@@ -51,7 +51,7 @@ def repo_of_message_file(path: Path) -> str:
         return str(Path(gitdir_file.read_text().strip()).parent)
     if git_dir.name == ".git":
         return str(git_dir.parent)
-    return str(git_dir)  # let gitpython search upwards (e.g. a message file inside a work tree)
+    return str(git_dir)  # git searches upwards (e.g. a message file inside a work tree)
 
 
 def typed_at(doc, position: lsp.Position, comment_char: str = "#") -> str:
