@@ -17,7 +17,15 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cmc.runtime import onnxproto as P
-from cmc.runtime.linear import NumpyLinear, OrtLinear, linear_factory, quantize_rows
+from cmc.runtime.linear import (
+    NumpyLinear,
+    NumpyTail,
+    OrtLinear,
+    OrtTail,
+    TailWeights,
+    linear_factory,
+    quantize_rows,
+)
 
 
 def test_written_model_is_what_onnx_helper_builds():
@@ -108,6 +116,24 @@ def test_int8_products_are_close_to_float32(rows):
     want = x @ w.T
     rel = np.abs(got - want).max() / np.abs(want).max()
     assert 0 < rel < 0.03, rel  # quantized, so not equal; close
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_layer_tail_in_one_graph_equals_numpy(bias):
+    rng = np.random.default_rng(7)
+
+    def m(*shape):
+        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
+
+    w = TailWeights(o=m(96, 128), o_bias=m(96) if bias else None, norm=1 + m(96),
+                    gate_up=m(2 * 160, 96), gate_up_bias=m(2 * 160) if bias else None,
+                    down=m(96, 160), down_bias=m(96) if bias else None, eps=1e-5)  # fmt: skip
+    for rows in (1, 5, 300):
+        x, attn = m(rows, 96) * 20, m(rows, 128) * 20
+        want = NumpyTail(w)(x, attn)
+        np.testing.assert_allclose(OrtTail(w, "float32")(x, attn), want, rtol=1e-5, atol=1e-5)
+        got = OrtTail(w, "int8")(x, attn)
+        assert np.abs(got - want).max() / np.abs(want).max() < 0.03
 
 
 def test_quantized_rows_reconstruct_their_matrix():

@@ -2,19 +2,23 @@
 
 A beam-5 decode step multiplies five rows by every matrix of the model, so it reads all the weights
 once per token; a prompt's prefill multiplies ~600 rows by each. Measured on this 2-core VM
-(`bench/bench_runtime.py`, part 4), one thread:
+(`bench/bench_runtime.py`), one thread:
 
 * numpy (OpenBLAS) is fine for one row and for 600, but slow for a few rows: 5 x 512 by 512 x 16384
   took 11.8 ms, 2.8 GB/s of weights;
 * onnxruntime's MLAS, float32, gives the same numbers 3.5x sooner for five rows (3.3 ms) and matches
   numpy for one row and for 600;
-* onnxruntime's ``DynamicQuantizeMatMul`` with int8 weights (a scale per output column, the rows
-  quantized on the fly) reads a quarter of the bytes: ~10x numpy for five rows, ~2x for 600 rows,
-  with products within ~1% of float32.
+* onnxruntime's ``DynamicQuantizeMatMul`` with int8 weights (a scale per output, the rows quantized
+  on the fly) reads a quarter of the bytes: ~10x numpy for five rows, ~2x for 600 rows, with
+  products within ~1% of float32.
 
-So a `Linear` is built per matrix by `linears(precision)`: ``float32`` and ``int8`` run on
-onnxruntime (one session per matrix, one thread, no spinning: a busy machine must not make it
-spin); without onnxruntime (or with ``CMC_MATMUL=numpy``) everything is numpy float32.
+So each matrix becomes a `Linear` (`linear_factory(precision)`), and the part of a layer after
+attention (output product, residual, RMSNorm, SiLU MLP, residual) one `Tail` (`tail_factory`): on
+onnxruntime that is one graph and one call instead of three products and ~12 numpy steps, each a
+few µs of Python on a keystroke's single row (a 1-row int8 step: 6.2 → 4.9 ms). ``float32`` and
+``int8`` run on onnxruntime (one thread, no spinning: a busy machine must not make it spin);
+without onnxruntime (or with ``CMC_MATMUL=numpy``) everything is numpy float32. (Attention itself
+stays numpy: an onnxruntime graph of it measured 1.2x slower.)
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -107,6 +112,49 @@ def quantize_rows(w: np.ndarray, levels: int | None = None) -> tuple[np.ndarray,
     return scaled.astype(np.int8), scale
 
 
+def _product(P, x: str, y: str, w: np.ndarray, bias: np.ndarray | None, precision: str,
+             tag: str = "") -> tuple[list, list]:  # fmt: skip
+    """The nodes and initializers of ``y = x @ w.T + bias`` in a graph (names prefixed ``tag``)."""
+    n = w.shape[0]
+    b = [tag + "b"] if bias is not None else []
+    inits = [P.tensor(tag + "b", bias.astype(np.float32))] if bias is not None else []
+    if precision == "int8":
+        q, scale = quantize_rows(w)
+        inits += [P.tensor(tag + "q", q), P.tensor(tag + "s", scale),
+                  P.tensor(tag + "z", np.zeros(n, np.int8))]  # fmt: skip
+        nodes = [
+            # the (in, out) layout the product takes, made once by onnxruntime's constant
+            # folding at load: 2x sooner than a numpy transpose here
+            P.node("Transpose", [tag + "q"], [tag + "w"], perm=[1, 0]),
+            P.node(
+                "DynamicQuantizeMatMul",
+                [x, tag + "w", tag + "s", tag + "z", *b],
+                [y],
+                domain="com.microsoft",
+            ),
+        ]
+    elif precision == "float32":
+        inits.append(P.tensor(tag + "w", np.ascontiguousarray(w, dtype=np.float32)))
+        nodes = [P.node("Gemm", [x, tag + "w", *b], [y], transB=1)]  # no transposed copy
+    else:
+        raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return nodes, inits
+
+
+OPSETS = {"": 17, "com.microsoft": 1}
+
+
+def _session(nodes: list, inputs: list, outputs: list, inits: list):
+    """An onnxruntime session of this graph, and its bare ``run`` (the wrapper's checks of names
+    and types cost ~10 µs a call, a few percent of a keystroke's decode)."""
+    from cmc.runtime import onnxproto as P
+
+    ort, options = _ort()
+    blob = P.model(nodes, inputs, outputs, inits, OPSETS)
+    session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    return session, session._sess.run
+
+
 class OrtLinear:
     """One onnxruntime session for ``x @ w.T + bias``, ``w`` (out, in): float32 ``Gemm`` or int8
     ``DynamicQuantizeMatMul`` (com.microsoft)."""
@@ -114,40 +162,13 @@ class OrtLinear:
     def __init__(self, w: np.ndarray, bias: np.ndarray | None, precision: str):
         from cmc.runtime import onnxproto as P
 
-        ort, options = _ort()
         n, k = w.shape
-        inputs = [P.value_info("x", P.FLOAT, ["rows", k])]
-        outputs = [P.value_info("y", P.FLOAT, ["rows", n])]
-        opsets = {"": 17}
-        if precision == "int8":
-            q, scale = quantize_rows(w)
-            inits = [P.tensor("q", q), P.tensor("s", scale), P.tensor("z", np.zeros(n, np.int8))]
-            names = ["x", "w", "s", "z"]
-            if bias is not None:
-                inits.append(P.tensor("b", bias.astype(np.float32)))
-                names.append("b")
-            nodes = [
-                # the (in, out) layout the product takes, made once by onnxruntime's constant
-                # folding at load: 2x sooner than a numpy transpose here
-                P.node("Transpose", ["q"], ["w"], perm=[1, 0]),
-                P.node("DynamicQuantizeMatMul", names, ["y"], domain="com.microsoft"),
-            ]
-            opsets["com.microsoft"] = 1
-        elif precision == "float32":
-            inits = [P.tensor("w", np.ascontiguousarray(w, dtype=np.float32))]
-            names = ["x", "w"]
-            if bias is not None:
-                inits.append(P.tensor("b", bias.astype(np.float32)))
-                names.append("b")
-            nodes = [P.node("Gemm", names, ["y"], transB=1)]  # x @ w.T (+ b), no transposed copy
-        else:
-            raise ValueError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
-        blob = P.model(nodes, inputs, outputs, inits, opsets)
-        self.session = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-        self._run = self.session.run
+        nodes, inits = _product(P, "x", "y", w, bias, precision)
+        self.session, self._run = _session(nodes, [P.value_info("x", P.FLOAT, ["rows", k])],
+                                           [P.value_info("y", P.FLOAT, ["rows", n])], inits)  # fmt: skip
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self._run(None, {"x": x})[0]
+        return self._run(["y"], {"x": x}, None)[0]
 
 
 def linear_factory(precision: str = "float32", engine: str | None = None) -> Callable[..., Linear]:
@@ -167,49 +188,95 @@ def linear_factory(precision: str = "float32", engine: str | None = None) -> Cal
     return make
 
 
-Attention = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+# --- a layer's tail: attention output, residual, RMSNorm, SiLU MLP, residual ---------------------
 
 
-def numpy_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """softmax(q @ k + mask) @ v per head: q (heads, rows, d), k (heads, d, keys), v (heads, keys,
-    d), mask (rows, keys) of 0 and -inf."""
-    scores = q @ k
-    scores += mask  # in place from here: this is the prefill's largest array
-    scores -= scores.max(axis=-1, keepdims=True)
-    np.exp(scores, out=scores)
-    scores /= scores.sum(axis=-1, keepdims=True)
-    return scores @ v
+@dataclass(frozen=True)
+class TailWeights:
+    """What a Llama layer does after attention, as torch stores it ((out, in) matrices)."""
+
+    o: np.ndarray
+    o_bias: np.ndarray | None
+    norm: np.ndarray
+    gate_up: np.ndarray  # gate and up stacked: (2 * intermediate, hidden)
+    gate_up_bias: np.ndarray | None
+    down: np.ndarray
+    down_bias: np.ndarray | None
+    eps: float
 
 
-class OrtAttention:
-    """`numpy_attention` as one onnxruntime graph (MatMul, Add, Softmax, MatMul): its softmax is
-    vectorized, where numpy makes four passes over the (heads, rows, keys) scores."""
+Tail = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-    def __init__(self):
+
+class NumpyTail:
+    """``x + down(silu(gate) * up)`` of ``h = rms(x + o(attn))``: transformers' Llama arithmetic."""
+
+    def __init__(self, w: TailWeights):
+        self.o = NumpyLinear(w.o, w.o_bias)
+        self.gate_up = NumpyLinear(w.gate_up, w.gate_up_bias)
+        self.down = NumpyLinear(w.down, w.down_bias)
+        self.norm, self.eps = w.norm, w.eps
+
+    def __call__(self, x: np.ndarray, attn: np.ndarray) -> np.ndarray:
+        x = x + self.o(attn)
+        var = np.mean(np.square(x), axis=-1, keepdims=True)
+        gu = self.gate_up(self.norm * (x / np.sqrt(var + self.eps)))
+        inter = gu.shape[-1] // 2
+        gate, up = gu[:, :inter], gu[:, inter:]
+        with np.errstate(over="ignore"):  # exp(-gate) = inf for a very negative gate: silu = -0
+            act = gate / (1.0 + np.exp(-gate)) * up
+        return x + self.down(act)
+
+
+class OrtTail:
+    """`NumpyTail` as one onnxruntime graph: three products and the steps between them in one
+    call, where numpy makes ~12 (each a few µs of Python on a keystroke's single row)."""
+
+    def __init__(self, w: TailWeights, precision: str):
         from cmc.runtime import onnxproto as P
 
-        ort, options = _ort()
-        inputs = [
-            P.value_info("q", P.FLOAT, ["heads", "rows", "d"]),
-            P.value_info("k", P.FLOAT, ["heads", "d", "keys"]),
-            P.value_info("v", P.FLOAT, ["heads", "keys", "d"]),
-            P.value_info("mask", P.FLOAT, ["rows", "keys"]),
+        hidden, width = w.o.shape
+        inter = w.gate_up.shape[0] // 2
+        nodes, inits = [], []
+        for part in (
+            _product(P, "attn", "o", w.o, w.o_bias, precision, "o_"),
+            _product(P, "h", "gu", w.gate_up, w.gate_up_bias, precision, "gu_"),
+            _product(P, "act", "d", w.down, w.down_bias, precision, "d_"),
+        ):
+            nodes += part[0]
+            inits += part[1]
+        inits += [
+            P.tensor("norm", w.norm.astype(np.float32)),
+            P.tensor("eps", np.array(w.eps, np.float32)),
+            P.tensor("split", np.array([inter, inter], np.int64)),
         ]
-        nodes = [
-            P.node("MatMul", ["q", "k"], ["s"]),
-            P.node("Add", ["s", "mask"], ["m"]),
-            P.node("Softmax", ["m"], ["p"], axis=-1),
-            P.node("MatMul", ["p", "v"], ["o"]),
+        nodes += [
+            P.node("Add", ["x", "o"], ["x1"]),
+            P.node("Mul", ["x1", "x1"], ["sq"]),
+            P.node("ReduceMean", ["sq"], ["var"], axes=[-1], keepdims=1),
+            P.node("Add", ["var", "eps"], ["var_eps"]),
+            P.node("Sqrt", ["var_eps"], ["rms"]),
+            P.node("Div", ["x1", "rms"], ["normed"]),
+            P.node("Mul", ["norm", "normed"], ["h"]),
+            P.node("Split", ["gu", "split"], ["gate", "up"], axis=-1),
+            P.node("Sigmoid", ["gate"], ["sig"]),
+            P.node("Mul", ["gate", "sig"], ["silu"]),
+            P.node("Mul", ["silu", "up"], ["act"]),
+            P.node("Add", ["x1", "d"], ["y"]),
         ]
-        outputs = [P.value_info("o", P.FLOAT, ["heads", "rows", "d"])]
-        blob = P.model(nodes, inputs, outputs, [], {"": 17})
-        self._run = ort.InferenceSession(blob, options, providers=["CPUExecutionProvider"]).run
+        inputs = [P.value_info("x", P.FLOAT, ["rows", hidden]),
+                  P.value_info("attn", P.FLOAT, ["rows", width])]  # fmt: skip
+        self.session, self._run = _session(nodes, inputs,
+                                           [P.value_info("y", P.FLOAT, ["rows", hidden])], inits)  # fmt: skip
 
-    def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        return self._run(None, {"q": q, "k": k, "v": v, "mask": mask})[0]
+    def __call__(self, x: np.ndarray, attn: np.ndarray) -> np.ndarray:
+        return self._run(["y"], {"x": x, "attn": attn}, None)[0]
 
 
-def attention_kernel(engine: str | None = None) -> Attention:
-    """The prefill's attention on ``engine`` (None: as `linear_factory` chooses)."""
-    engine = engine or matmul_engine()
-    return OrtAttention() if engine == "onnxruntime" and _ort() is not None else numpy_attention
+def tail_factory(
+    precision: str = "float32", engine: str | None = None
+) -> Callable[[TailWeights], Tail]:
+    """A builder of a layer's `Tail` on the engine `linear_factory` would use."""
+    if linear_factory(precision, engine) is NumpyLinear:
+        return NumpyTail
+    return lambda w: OrtTail(w, precision)

@@ -22,7 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cmc.runtime.linear import Linear, NumpyLinear, linear_factory
+from cmc.runtime.linear import (
+    Linear,
+    NumpyLinear,
+    Tail,
+    TailWeights,
+    linear_factory,
+    tail_factory,
+)
 from cmc.runtime.weights import read_weights
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -67,14 +74,11 @@ class BeamState:
 
 @dataclass
 class _Layer:
-    """The products of a layer (`cmc.runtime.linear`), biases included."""
+    """A layer as `cmc.runtime.linear` runs it: the q/k/v product, and the tail after attention."""
 
     norm_in: np.ndarray
     qkv: Linear  # hidden -> q + 2 kv widths
-    o: Linear
-    norm_post: np.ndarray
-    gate_up: Linear  # hidden -> 2 * intermediate
-    down: Linear
+    tail: Tail  # (x, attention output) -> the layer's output
 
 
 class NumpyLlama:
@@ -83,6 +87,7 @@ class NumpyLlama:
     def __init__(self, folder: str | Path, precision: str = "float32", engine: str | None = None):
         folder = Path(folder)
         make = linear_factory(precision, engine)
+        make_tail = tail_factory(precision, engine)
         self.precision = "float32" if make is NumpyLinear else precision
         cfg = json.loads((folder / "config.json").read_text())
         reason = unsupported(cfg)
@@ -135,26 +140,23 @@ class NumpyLlama:
             a, m = p + "self_attn.", p + "mlp."
             attn_bias, mlp_bias = cfg.get("attention_bias"), cfg.get("mlp_bias")
 
-            def product(names: list[str], with_bias: bool) -> Linear:
+            def stacked(names: list[str], with_bias: bool):
                 nonlocal count
                 w = np.concatenate([take(n + ".weight") for n in names])  # (out, in)
                 b = np.concatenate([take(n + ".bias") for n in names]) if with_bias else None
                 count += w.size + (0 if b is None else b.size)
-                return make(w, b)
+                return w, b
 
             norm_in = take(p + "input_layernorm.weight")
             norm_post = take(p + "post_attention_layernorm.weight")
             count += norm_in.size + norm_post.size
-            self.layers.append(
-                _Layer(
-                    norm_in=norm_in,
-                    qkv=product([a + f"{x}_proj" for x in "qkv"], attn_bias),
-                    o=product([a + "o_proj"], attn_bias),
-                    norm_post=norm_post,
-                    gate_up=product([m + "gate_proj", m + "up_proj"], mlp_bias),
-                    down=product([m + "down_proj"], mlp_bias),
-                )
-            )
+            qkv = make(*stacked([a + f"{x}_proj" for x in "qkv"], attn_bias))
+            o, o_bias = stacked([a + "o_proj"], attn_bias)
+            gate_up, gate_up_bias = stacked([m + "gate_proj", m + "up_proj"], mlp_bias)
+            down, down_bias = stacked([m + "down_proj"], mlp_bias)
+            tail = make_tail(TailWeights(o, o_bias, norm_post, gate_up, gate_up_bias, down,
+                                         down_bias, self.eps))  # fmt: skip
+            self.layers.append(_Layer(norm_in, qkv, tail))
         self.num_parameters = count
 
     # --- pieces ---------------------------------------------------------------------------------
@@ -182,15 +184,6 @@ class NumpyLlama:
         qkv = layer.qkv(self._rms(x, layer.norm_in))
         nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
         return qkv[:, :nq], qkv[:, nq : nq + nkv], qkv[:, nq + nkv :]
-
-    def _out_and_mlp(self, layer: _Layer, x: np.ndarray, attn: np.ndarray) -> np.ndarray:
-        x = x + layer.o(attn)
-        gu = layer.gate_up(self._rms(x, layer.norm_post))
-        inter = gu.shape[-1] // 2
-        gate, up = gu[:, :inter], gu[:, inter:]
-        with np.errstate(over="ignore"):  # exp(-gate) = inf for a very negative gate: silu = -0
-            act = gate / (1.0 + np.exp(-gate)) * up
-        return x + layer.down(act)
 
     def _logits(self, x: np.ndarray, prefill: bool = False) -> np.ndarray:
         h = self._rms(x, self.norm)
@@ -241,7 +234,7 @@ class NumpyLlama:
             np.exp(scores, out=scores)
             scores /= scores.sum(axis=-1, keepdims=True)
             attn = (scores @ v).reshape(self.heads, n, hd).transpose(1, 0, 2).reshape(n, -1)
-            x = self._out_and_mlp(layer, x, attn)
+            x = layer.tail(x, attn)
         return PromptState(tuple(ks), tuple(vs), past + n), self._logits(x[-1:], prefill=True)[0]
 
     def beams(self, state: PromptState, capacity: int) -> BeamState:
@@ -286,6 +279,6 @@ class NumpyLlama:
             out = (ep @ beams.prompt.v[i]).reshape(kvh, b, g, hd).transpose(1, 0, 2, 3)
             out = out + eg @ beams.v[i][:, :, : t + 1]
             attn = (out / denom[..., None]).reshape(b, -1)
-            x = self._out_and_mlp(layer, x, attn)
+            x = layer.tail(x, attn)
         beams.length = t + 1
         return self._logits(x)
