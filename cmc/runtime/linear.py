@@ -208,6 +208,12 @@ class TailWeights:
 Tail = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """Llama's RMSNorm over the last axis, in transformers' order of operations."""
+    var = np.mean(np.square(x), axis=-1, keepdims=True)
+    return weight * (x / np.sqrt(var + eps))
+
+
 class NumpyTail:
     """``x + down(silu(gate) * up)`` of ``h = rms(x + o(attn))``: transformers' Llama arithmetic."""
 
@@ -219,8 +225,7 @@ class NumpyTail:
 
     def __call__(self, x: np.ndarray, attn: np.ndarray) -> np.ndarray:
         x = x + self.o(attn)
-        var = np.mean(np.square(x), axis=-1, keepdims=True)
-        gu = self.gate_up(self.norm * (x / np.sqrt(var + self.eps)))
+        gu = self.gate_up(rms_norm(x, self.norm, self.eps))
         inter = gu.shape[-1] // 2
         gate, up = gu[:, :inter], gu[:, inter:]
         with np.errstate(over="ignore"):  # exp(-gate) = inf for a very negative gate: silu = -0

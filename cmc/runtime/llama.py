@@ -3,9 +3,10 @@
 Why not transformers on torch: importing them costs ~6 s of a cold completion here, each generated
 token pays ~5 ms of Python around a 9M model, and torch's thread pool collapses when the cores are
 busy. This is the arithmetic of `transformers.LlamaForCausalLM` (RMSNorm, rotary positions, grouped
-attention, SiLU MLP, tied or separate head) on float32 arrays, with two changes of layout only:
+attention, SiLU MLP, tied or separate head) on float32 arrays, with these changes:
 
-* q/k/v and gate/up are fused into one matrix each (fewer, larger BLAS calls per token);
+* the weight products run on onnxruntime, int8 by default, with q/k/v as one product and the part
+  of each layer after attention as one graph (`cmc.runtime.linear`; numpy float32 without it);
 * the beams of a search share **one** copy of the prompt's keys and values: every beam attends to
   it through one matrix product, and only the few tokens each beam generated are per beam and
   reordered. transformers copies the whole prompt KV into each beam, about half of beam-5's cost.
@@ -28,11 +29,13 @@ from cmc.runtime.linear import (
     Tail,
     TailWeights,
     linear_factory,
+    rms_norm,
     tail_factory,
 )
 from cmc.runtime.weights import read_weights
 
 ARCHITECTURES = ("LlamaForCausalLM",)
+PREFILL_BLOCK = 128  # query rows per block of the prompt's attention (measured: 64-256 alike)
 
 
 def unsupported(config: dict) -> str | None:
@@ -79,6 +82,13 @@ class _Layer:
     norm_in: np.ndarray
     qkv: Linear  # hidden -> q + 2 kv widths
     tail: Tail  # (x, attention output) -> the layer's output
+
+
+def _reorder(cache: np.ndarray, order: np.ndarray, filled: int) -> np.ndarray:
+    """Beams' generated keys or values (beams, kv heads, capacity, d) taken in ``order``."""
+    out = np.empty((len(order), *cache.shape[1:]), cache.dtype)
+    out[:, :, :filled] = cache[order, :, :filled]
+    return out
 
 
 class NumpyLlama:
@@ -162,8 +172,7 @@ class NumpyLlama:
     # --- pieces ---------------------------------------------------------------------------------
 
     def _rms(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-        var = np.mean(np.square(x), axis=-1, keepdims=True)
-        return weight * (x / np.sqrt(var + self.eps))
+        return rms_norm(x, weight, self.eps)
 
     def _rope(self, start: int, n: int) -> tuple[np.ndarray, np.ndarray]:
         cos, sin = self._rope_cache
@@ -199,6 +208,26 @@ class NumpyLlama:
         if length > self.max_positions:
             raise ValueError(f"{length} tokens exceed the model's {self.max_positions} positions")
 
+    def _causal_attention(self, q, k, v, mask, past: int) -> np.ndarray:
+        """softmax(q k + mask) v for the prompt's rows, in blocks of `PREFILL_BLOCK` query rows:
+        a block only multiplies by the keys it may see (up to its last row's position), so about
+        half of the causal square is never computed, and a block's scores stay in cache.
+        q (heads, n, d), k (kv heads, d, keys), v (kv heads, keys, d); (heads, n, d) out."""
+        kvh, g, n, hd = self.kv_heads, self.group, q.shape[1], self.head_dim
+        q = q.reshape(kvh, g, n, hd)
+        out = np.empty((kvh, g, n, hd), np.float32)
+        for a in range(0, n, PREFILL_BLOCK):
+            b = min(n, a + PREFILL_BLOCK)
+            seen = past + b
+            rows = np.ascontiguousarray(q[:, :, a:b]).reshape(kvh, g * (b - a), hd)
+            scores = rows @ k[:, :, :seen]
+            scores += np.tile(mask[a:b, :seen], (g, 1))  # in place from here
+            scores -= scores.max(axis=-1, keepdims=True)
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=-1, keepdims=True)
+            out[:, :, a:b] = (scores @ v[:, :seen]).reshape(kvh, g, b - a, hd)
+        return out.reshape(kvh * g, n, hd)
+
     # --- the two entry points -----------------------------------------------------------------
 
     def prefill(self, state: PromptState | None, ids: list[int]) -> tuple[PromptState, np.ndarray]:
@@ -208,13 +237,13 @@ class NumpyLlama:
         if n == 0:
             raise ValueError("nothing to prefill")
         self._check_room(past + n)
-        hd, kvh, g = self.head_dim, self.kv_heads, self.group
+        hd, kvh = self.head_dim, self.kv_heads
         cos, sin = self._rope(past, n)
         x = self.embed[np.asarray(ids)]
-        # query row r (position past + r % n) may see keys up to past + r % n
+        # query row r (position past + r) may see keys up to past + r
         keys_pos = np.arange(past + n)
         mask = np.where(keys_pos[None, :] > (past + np.arange(n))[:, None], -np.inf, 0.0)
-        mask = np.tile(mask.astype(np.float32), (g, 1))
+        mask = mask.astype(np.float32)
         scale = np.float32(hd**-0.5)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
@@ -228,12 +257,8 @@ class NumpyLlama:
             k, v = np.ascontiguousarray(k), np.ascontiguousarray(v)
             ks.append(k)
             vs.append(v)
-            scores = np.ascontiguousarray(q * scale).reshape(kvh, g * n, hd) @ k
-            scores += mask  # in place from here: this is the prefill's largest array
-            scores -= scores.max(axis=-1, keepdims=True)
-            np.exp(scores, out=scores)
-            scores /= scores.sum(axis=-1, keepdims=True)
-            attn = (scores @ v).reshape(self.heads, n, hd).transpose(1, 0, 2).reshape(n, -1)
+            attn = self._causal_attention(q * scale, k, v, mask, past)
+            attn = attn.reshape(self.heads, n, hd).transpose(1, 0, 2).reshape(n, -1)
             x = layer.tail(x, attn)
         return PromptState(tuple(ks), tuple(vs), past + n), self._logits(x[-1:], prefill=True)[0]
 
@@ -256,21 +281,22 @@ class NumpyLlama:
             beams.k = [np.zeros(shape, np.float32) for _ in self.layers]
             beams.v = [np.zeros(shape, np.float32) for _ in self.layers]
         elif t and (len(order) != beams.k[0].shape[0] or np.any(order != np.arange(len(order)))):
-            beams.k = [k[order] for k in beams.k]
-            beams.v = [v[order] for v in beams.v]
+            # only the t positions filled so far are moved, not the whole capacity
+            beams.k = [_reorder(k, order, t) for k in beams.k]
+            beams.v = [_reorder(v, order, t) for v in beams.v]
         cos, sin = self._rope(pos, 1)
         x = self.embed[np.asarray(tokens)]
         scale = np.float32(hd**-0.5)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x)
-            q = self._rotate(q.reshape(b, self.heads, hd), cos, sin)  # (b, heads, hd)
+            q = self._rotate(q.reshape(b, self.heads, hd), cos, sin) * scale  # (b, heads, hd)
             beams.k[i][:, :, t] = self._rotate(k.reshape(b, kvh, hd), cos, sin)
             beams.v[i][:, :, t] = v.reshape(b, kvh, hd)
             q4 = q.reshape(b, kvh, g, hd)
             # the prompt, shared: all beams' queries of a kv head in one product
             qs = q4.transpose(1, 0, 2, 3).reshape(kvh, b * g, hd)
-            sp = (qs @ beams.prompt.k[i]) * scale  # (kvh, b*g, prompt)
-            sg = (q4 @ beams.k[i][:, :, : t + 1].transpose(0, 1, 3, 2)) * scale  # (b,kvh,g,t+1)
+            sp = qs @ beams.prompt.k[i]  # (kvh, b*g, prompt)
+            sg = q4 @ beams.k[i][:, :, : t + 1].transpose(0, 1, 3, 2)  # (b, kvh, g, t+1)
             sp4 = sp.reshape(kvh, b, g, -1).transpose(1, 0, 2, 3)
             top = np.maximum(sp4.max(axis=-1), sg.max(axis=-1))[..., None]
             ep = np.exp(sp - top.transpose(1, 0, 2, 3).reshape(kvh, b * g, 1))
