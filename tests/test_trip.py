@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # What the GPU machine lacks (it has torch, transformers, tokenizers, safetensors, pyarrow, click).
 NOT_ON_GPU_MACHINE = ["datasets", "git", "pygls", "sacrebleu", "rapidfuzz", "rouge_score",
-                      "matplotlib", "sklearn"]  # fmt: skip
+                      "matplotlib", "sklearn", "onnxruntime"]  # fmt: skip
 
 
 def trip(*args: str, check: bool = True, site: Path | None = None) -> subprocess.CompletedProcess:
@@ -75,6 +75,9 @@ def test_a_trip_continues_the_base_records_its_ledger_and_is_judged(tiny_model, 
     assert sum(p["examples"] for p in ledger["packs"].values()) == 40
     assert all(p["seen"] == p["examples"] for p in ledger["packs"].values())  # 48 ≥ 40: all seen
     assert read_model_meta(out / "model")["budget"]["diff_tokens"] == 64  # the packs' budget
+    # exported where onnxruntime is missing: int8 unchecked, so no precision is claimed for it
+    meta = read_model_meta(out / "model")
+    assert "precision" not in meta and "not checked" in meta["runtime"]["int8"]
     # The next trip from this model finds nothing new in the same packs ...
     again = trip("train", "--packs", str(packs), "--base", str(out / "model"), "--out",
                  str(tmp_path / "trip2"), "--steps", "2", *common, check=False)  # fmt: skip
