@@ -54,6 +54,12 @@ def write_model_meta(path: str | os.PathLike, budget: Budget, **extra: Any) -> N
     (Path(path) / MODEL_META).write_text(json.dumps(data, indent=2) + "\n")
 
 
+def update_model_meta(path: str | os.PathLike, **changes: Any) -> None:
+    """Change some keys of a model folder's ``cmc.json``, keeping the others and its budget."""
+    meta = {k: v for k, v in read_model_meta(path).items() if k != "budget"}
+    write_model_meta(path, read_budget(path), **{**meta, **changes})
+
+
 def read_budget(path: str | os.PathLike) -> Budget:
     """The prompt budget a model was trained with (its ``cmc.json``), or the defaults."""
     data = read_model_meta(path).get("budget", {})

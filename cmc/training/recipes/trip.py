@@ -35,7 +35,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from cmc.model import read_budget, read_model_meta, write_model_meta
+from cmc.model import read_model_meta, update_model_meta
 from cmc.spawn import python_argv
 from cmc.training.config import TrainConfig
 
@@ -161,9 +161,7 @@ def train(args: argparse.Namespace) -> int:
         print(f"validation loss: base {trip['val_loss']['base']:.4f} → "
               f"{trip['val_loss']['trip']:.4f}", flush=True)  # fmt: skip
     ledger["trips"].append(trip)
-    meta_now = read_model_meta(model)
-    meta_now.pop("budget", None)
-    write_model_meta(model, read_budget(model), **{**meta_now, "ledger": ledger})
+    update_model_meta(model, ledger=ledger)
     final = out / "model"
     shutil.rmtree(final, ignore_errors=True)
     model.rename(final)
@@ -211,8 +209,7 @@ def judge(args: argparse.Namespace) -> int:
             for r in RATIOS
             for k in [f"{int(r * 100)}%"]
         }
-        meta.pop("budget", None)
-        write_model_meta(args.candidate, read_budget(args.candidate), **meta)
+        update_model_meta(args.candidate, ledger=meta["ledger"])
     if args.install and not worse:
         target = Path(args.base)
         for f in target.iterdir():
