@@ -232,6 +232,17 @@ def test_runtime_choice_and_broken_weights_are_one_line_errors(tmp_path, monkeyp
     with pytest.raises(CmcError, match="CMC_RUNTIME='tensorflow'"):
         load_model(str(BUNDLED_MODEL))
     monkeypatch.delenv("CMC_RUNTIME")
+    from cmc.model import runtime_for
+
+    assert runtime_for(str(BUNDLED_MODEL)).endswith("on onnxruntime, int8)")  # the default
+    monkeypatch.setenv("CMC_PRECISION", "int4")
+    with pytest.raises(CmcError, match="CMC_PRECISION='int4': use one of float32, int8"):
+        load_model(str(BUNDLED_MODEL))
+    monkeypatch.setenv("CMC_PRECISION", "float32")
+    assert runtime_for(str(BUNDLED_MODEL)).endswith("on onnxruntime, float32)")
+    assert load_model(str(BUNDLED_MODEL)).model.precision == "float32"
+    monkeypatch.delenv("CMC_PRECISION")
+    assert load_model(str(BUNDLED_MODEL)).model.precision == "int8"
     broken = tmp_path / "broken"
     broken.mkdir()
     copy_files(BUNDLED_MODEL, broken, "config.json", *TOKENIZER_FILES)
