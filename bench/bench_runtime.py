@@ -3,7 +3,9 @@
     python bench/bench_runtime.py [--reps 5] [--no-busy] [--no-ct2] [--model PATH]
 
 Arms, in one run on this machine, 1 thread each:
-* ``numpy``: cmc's numpy Llama (`cmc.runtime.llama`), the default for cmc's own models;
+* cmc's Llama runtime (`cmc.runtime.llama`) with its weight products on onnxruntime in int8 (the
+  default for cmc's own models) and in float32, and on numpy ("numpy products": the runtime as it
+  was before onnxruntime);
 * ``transformers``: the same model through transformers on torch (cmc as shipped before);
 * ``ctranslate2`` (when the package is installed: ``pip install ctranslate2``): the model converted
   to CTranslate2 (float32 and int8), its own search (it cannot run cmc's typed-tail constraint or
@@ -12,10 +14,11 @@ Arms, in one run on this machine, 1 thread each:
 Part 1 (in-process, real prompts of ~600 tokens built by cmc from this repository's files): load
 time in a fresh process, prefill, per-token decode, beam-5 ≤ 24 tokens, greedy ≤ 8, CPU-seconds of a
 beam-5 completion. Part 2 (subprocesses, a real repository and `git`, cmc installed as users have
-it: `user_install`): cold `cmc complete` without a daemon; the installed hook with a warm daemon on a new staged change each time; keystrokes typed one
-character at a time against the daemon (the editor path). Both parts idle and with both cores busy
-(two spinning processes), unless --no-busy. Part 3: a ~40M-parameter random Llama on the numpy
-runtime against the shipped 9M on transformers, beam 5, exactly 24 new tokens.
+it: `user_install`): cold `cmc complete` without a daemon; the installed hook with a warm daemon on
+a new staged change each time; keystrokes typed one character at a time against the daemon (the
+editor path); int8 also at 2 threads. Both parts idle and with both cores busy (two spinning
+processes), unless --no-busy. Part 3: a ~40M-parameter random Llama on cmc's runtime against the
+shipped 9M on transformers, beam 5, exactly 24 new tokens, the two arms' runs interleaved.
 Every figure is printed with its ratio to the transformers arm measured in the same run.
 """
 
