@@ -22,7 +22,6 @@ from cmc import CmcError, one_line
 HOOK_NAME = "prepare-commit-msg"
 MARKER = "cmc-managed-hook"
 CHAINED_SUFFIX = ".cmc-chained"
-SCRIPT = Path(__file__).parent / "resources" / HOOK_NAME
 SKIP_PREFIXES = ("fixup!", "squash!", "amend!")
 
 
@@ -78,6 +77,13 @@ def hook_status(repo: str | Path = ".") -> HookStatus:
     )
 
 
+def script_template() -> str:
+    """The repository's ``hooks/prepare-commit-msg`` (installed as package data of ``cmc.hooks``)."""
+    from importlib.resources import files
+
+    return files("cmc.hooks").joinpath(HOOK_NAME).read_text(encoding="utf-8")
+
+
 def hook_script(python: str | None = None) -> str:
     """The hook, with the interpreter that runs cmc recorded (never importing from the repo)."""
     from cmc.spawn import python_argv
@@ -86,7 +92,7 @@ def hook_script(python: str | None = None) -> str:
     if python:
         argv[0] = python
     return (
-        SCRIPT.read_text()
+        script_template()
         .replace("@CMC_PYTHON@", shlex.quote(argv[0]))
         .replace("@CMC_RUN@", " ".join(shlex.quote(a) for a in argv))
     )

@@ -21,6 +21,8 @@ from conftest import (
 
 from cmc import hook as hook_mod
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def cmc(repo: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -73,6 +75,25 @@ def test_install_writes_marked_executable_hook_and_status_reports_it(repo: Path)
     assert os.stat(hook).st_mode & stat.S_IXUSR
     status = cmc(repo, "hook", "status")
     assert "installed at" in status.stdout and "not installed" not in status.stdout
+
+
+def test_the_installed_hook_is_the_repositorys_hooks_script(repo: Path):
+    """`cmc hook install` installs hooks/prepare-commit-msg itself, only the interpreter filled in."""
+    import re
+
+    assert cmc(repo, "hook", "install").returncode == 0
+    source = (ROOT / "hooks" / "prepare-commit-msg").read_text().splitlines()
+    installed = (repo / ".git" / "hooks" / "prepare-commit-msg").read_text().splitlines()
+    assert len(installed) == len(source)
+    for want, got in zip(source, installed):
+        if "@CMC_" not in want:
+            assert got == want
+        else:  # the recorded interpreter (and `-P -m cmc.hook`) where the placeholders were
+            pattern = (
+                re.escape(want).replace("@CMC_PYTHON@", ".+").replace("@CMC_RUN@", ".+ -m cmc.hook")
+            )
+            assert re.fullmatch(pattern, got), (want, got)
+    assert sum("@CMC_" in line for line in source) == 2
 
 
 def test_existing_hook_is_chained_and_restored(repo: Path, tmp_path: Path):

@@ -3,7 +3,7 @@
 #
 #   carry: runs/trip-packs   (train-*.cmcpack and validation-*.cmcpack; with the tracked files
 #                             under 64 MiB in all)
-#   run:   bash cmc/training/recipes/trip_on_device.sh [SECONDS] [CONTEXT_LOSS_WEIGHT (0.1)]
+#   run:   bash training/recipes/trip_on_device.sh [SECONDS] [CONTEXT_LOSS_WEIGHT (0.1)]
 #
 # Trains for SECONDS (default 420) from the bundled model on the packs its ledger has not seen,
 # then leaves in $OUT what comes back (at most 8 files under 16 MiB): the model's weight shards,
