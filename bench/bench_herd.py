@@ -37,7 +37,7 @@ def main() -> int:
     ap.add_argument("--model", default=None)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from cmc.daemon import _request
+    from cmc.client import request
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -62,7 +62,7 @@ def main() -> int:
         daemon = subprocess.Popen([str(BIN / "cmc"), "serve", "--idle-timeout", "300"], env=env,
                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            while _request({"op": "ping"}, 0.5, sock) is None:
+            while request({"op": "ping"}, 0.5, sock) is None:
                 time.sleep(0.1)
 
             def one(i: int) -> tuple[float, str]:

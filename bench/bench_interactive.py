@@ -38,7 +38,7 @@ def main() -> int:
     ap.add_argument("--cold", type=int, default=3)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from cmc.daemon import _request
+    from cmc.client import request
     from cmc.decoding import KEYSTROKE
     from cmc.protocol import CompleteRequest
     from cmc.settings import Settings
@@ -89,16 +89,16 @@ def main() -> int:
         daemon = subprocess.Popen([str(BIN / "cmc"), "serve", "--idle-timeout", "300"], env=env, start_new_session=True,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
-            while _request({"op": "ping"}, 0.5, sock) is None:
+            while request({"op": "ping"}, 0.5, sock) is None:
                 time.sleep(0.1)
             # What an editor asks on each keystroke (cmc.complete.KEYSTROKE): one line, greedy.
             settings = Settings.load(repo, repo / ".git")
             req = CompleteRequest(str(repo), "", settings, KEYSTROKE).to_json()
-            _request({**req, "typed": ""}, 120, sock)  # loads the model, computes the context
+            request({**req, "typed": ""}, 120, sock)  # loads the model, computes the context
             keystrokes, reused, server_ms, followed = [], [], [], 0
             for i in range(1, len(MESSAGE) + 1):
                 t = time.perf_counter()
-                reply = _request({**req, "typed": MESSAGE[:i]}, 60, sock)
+                reply = request({**req, "typed": MESSAGE[:i]}, 60, sock)
                 keystrokes.append(time.perf_counter() - t)
                 reused.append(reply["reused_tokens"])
                 followed += reply["reused_tokens"] == -1

@@ -8,6 +8,10 @@ import sys
 import click
 
 from cmc import CmcError, __version__
+from cmc.decoding import DecodeSettings
+from cmc.settings import DEFAULT_CANDIDATES, DEFAULT_IDLE_S, DEFAULT_WAIT_S
+
+DECODE = DecodeSettings()  # the defaults of the options below
 
 
 class _Group(click.Group):
@@ -40,7 +44,12 @@ def main() -> None:
     "--message-file", type=click.Path(dir_okay=False), help="Read the typed text from a file."
 )
 @click.option(
-    "-n", "num", default=3, show_default=True, type=click.IntRange(1, 20), help="Candidates."
+    "-n",
+    "num",
+    default=DEFAULT_CANDIDATES,
+    show_default=True,
+    type=click.IntRange(1, 20),
+    help="Candidates.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print JSON: prefix, candidates, model, latency."
@@ -66,18 +75,22 @@ def main() -> None:
     help="Answer nothing where cmc is off (cmc.enabled false, CMC_DISABLE), as the hook would.",
 )
 @click.option(
-    "--beams", default=5, show_default=True, type=click.IntRange(1, 32), help="Beam width."
+    "--beams",
+    default=DECODE.num_beams,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Beam width.",
 )
 @click.option(
     "--max-new-tokens",
-    default=24,
+    default=DECODE.max_new_tokens,
     show_default=True,
     type=click.IntRange(1, 512),
     help="Most tokens the model adds.",
 )
 @click.option(
     "--timeout",
-    default=30.0,
+    default=DEFAULT_WAIT_S,
     show_default=True,
     type=click.FloatRange(0.1, 600),
     help="Seconds to wait for a busy daemon before giving up with an error.",
@@ -99,8 +112,6 @@ def complete(
     timeout,
 ):
     """Complete a commit message from the staged change (or rows of a JSONL file with --batch)."""
-    from cmc.decoding import DecodeSettings
-
     decode = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens, num_candidates=num)
     if batch:
         from cmc.batch import run_batch
@@ -114,8 +125,7 @@ def complete(
         return
     if prefix is not None and message_file:
         raise CmcError("give --prefix or --message-file, not both")
-    from cmc import msgfile
-    from cmc.daemon import complete_for
+    from cmc import client, msgfile
     from cmc.gitctx import GitRepo
     from cmc.settings import Settings
 
@@ -138,7 +148,7 @@ def complete(
         except OSError as exc:
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed = msgfile.parse(text, settings.comment_char).typed
-    result = complete_for(git_repo, settings, typed, decode, timeout=timeout)
+    result = client.complete(git_repo, settings, typed, decode, timeout=timeout)
     if not git_repo.has_staged_changes():  # said after a failure would have been said, in one line
         click.echo(
             "cmc: nothing is staged (git add first); completed for an empty change", err=True
@@ -273,27 +283,32 @@ def hook_run(message_file, source, sha):
 
 @main.command()
 @click.option(
-    "--idle-timeout", default=900.0, show_default=True, help="Exit after this many idle seconds."
+    "--idle-timeout",
+    default=DEFAULT_IDLE_S,
+    show_default=True,
+    help="Exit after this many idle seconds.",
 )
 @click.option("--stop", is_flag=True, help="Stop the running daemon.")
 @click.option("--status", is_flag=True, help="Say whether a daemon is running.")
 def serve(idle_timeout, stop, status):
     """Keep the model warm for the hook, `cmc complete` and editors (private Unix socket)."""
-    from cmc import daemon
+    from cmc import client
 
     if status or stop:
-        info = daemon.ping()
+        info = client.ping()
         if info is None:
-            click.echo(f"no daemon on {daemon.socket_path() or '(no private folder for a socket)'}")
+            click.echo(f"no daemon on {client.socket_path() or '(no private folder for a socket)'}")
             return
         if stop:
-            daemon._request({"op": "shutdown"}, 2.0)
+            client.shutdown()
             click.echo(f"stopped the daemon (pid {info.get('pid')})")
         else:
             click.echo(
-                f"cmc {info.get('version')} daemon, pid {info.get('pid')}, on {daemon.socket_path()}"
+                f"cmc {info.get('version')} daemon, pid {info.get('pid')}, on {client.socket_path()}"
             )
         return
+    from cmc import daemon
+
     sys.exit(daemon.serve(idle_timeout))
 
 

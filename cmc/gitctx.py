@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import subprocess
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -335,6 +336,32 @@ class GitRepo:
         )  # fmt: skip
         return [line for line in out.split("\n") if line.strip()]
 
+    def index_state(self) -> tuple:
+        """A fingerprint of what the staged diff and history depend on, from ``stat`` and two
+        small reads (no git process): the index, HEAD and the branch HEAD names."""
+        parts: list = []
+        for name in ("index", "HEAD"):
+            try:
+                st = (self.git_dir / name).stat()
+                parts.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                parts.append(None)
+        try:
+            head = (self.git_dir / "HEAD").read_text().strip()
+            if head.startswith("ref: "):
+                ref = head[5:]
+                for base in (self.git_dir, self.common_dir):
+                    if (base / ref).exists():
+                        parts.append((base / ref).read_text().strip())
+                        break
+                else:
+                    parts.append(ref)  # a packed ref or an unborn branch
+            else:
+                parts.append(head)
+        except OSError:
+            parts.append(None)
+        return tuple(parts)
+
     def state_in_progress(self) -> str | None:
         """'rebase', 'cherry-pick', 'revert' or 'merge' when git is in the middle of one."""
         for name, state in (
@@ -347,3 +374,21 @@ class GitRepo:
             if (self.git_dir / name).exists():
                 return state
         return None
+
+
+_REPOS: OrderedDict[str, GitRepo] = OrderedDict()
+_KEPT_REPOS = 64
+
+
+def repo_at(path: str | Path) -> GitRepo:
+    """The `GitRepo` at ``path`` for a long-lived process (the daemon, the language server): made
+    once per path (two git processes), then reused while its git folder is there (a ``stat``)."""
+    key = str(Path(path).resolve())
+    repo = _REPOS.get(key)
+    if repo is None or not repo.git_dir.is_dir():
+        repo = GitRepo(path)
+        _REPOS[key] = repo
+    _REPOS.move_to_end(key)
+    while len(_REPOS) > _KEPT_REPOS:
+        _REPOS.popitem(last=False)
+    return repo

@@ -278,11 +278,11 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
 
 def _complete_for_hook(repo, settings, typed: str, timeout: float):
     """From the warm daemon when one answers in time; else in this process."""
-    from cmc.daemon import complete_for
+    from cmc import client
     from cmc.decoding import DecodeSettings
 
     decode = DecodeSettings(num_candidates=settings.candidates)
-    return complete_for(repo, settings, typed, decode, timeout=max(0.1, timeout - 0.5))
+    return client.complete(repo, settings, typed, decode, timeout=max(0.1, timeout - 0.5))
 
 
 def run_from_args(message_file: str, source: str | None = None, sha: str | None = None) -> int:

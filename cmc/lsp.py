@@ -3,8 +3,13 @@
 In a commit message buffer (a file named ``COMMIT_EDITMSG``/``MERGE_MSG``/``TAG_EDITMSG``-like, or
 languageId ``gitcommit``) it answers ``textDocument/completion`` with whole-message candidates that
 extend what is typed, and ``textDocument/inlineCompletion`` (LSP 3.18) with ghost text. The context
-is the repository the file belongs to: its staged diff and the author's history. The server keeps
-the model warm and reuses the prompt's KV states between keystrokes (`cmc.service`).
+is the repository the file belongs to: its staged diff and the author's history.
+
+It holds no model: completions come from this user's warm daemon through `cmc.client` (started
+when none runs), which keeps the model loaded and the prompt's KV states between keystrokes. Only
+where no daemon may run (``cmc.daemon false``, ``CMC_NO_DAEMON``) does it complete in its own
+process. A keystroke starts no git process while the repository's index and config are unchanged:
+the repository's identity, its settings and its context are cached and checked by ``stat``.
 """
 
 from __future__ import annotations
@@ -23,16 +28,23 @@ from cmc import CmcError, __version__
 MESSAGE_FILES = ("COMMIT_EDITMSG", "MERGE_MSG", "SQUASH_MSG", "TAG_EDITMSG", "EDIT_DESCRIPTION")
 
 server = LanguageServer("cmc", __version__)
-_service = None
 
 
-def _get_service():
-    global _service
-    if _service is None:
-        from cmc.service import CompletionService
+class _LocalService:
+    """The in-process service, made only where no daemon may run."""
 
-        _service = CompletionService()
-    return _service
+    def __init__(self):
+        self._service = None
+
+    def complete(self, request):
+        if self._service is None:
+            from cmc.service import CompletionService
+
+            self._service = CompletionService()
+        return self._service.complete(request)
+
+
+_local = _LocalService()
 
 
 def path_of(uri: str) -> Path:
@@ -88,7 +100,9 @@ class _SettingsCache:
                 stamp.append((st.st_mtime_ns, st.st_size))
             except OSError:
                 stamp.append(None)
-        return (*stamp, os.environ.get("CMC_DISABLE"))
+        from cmc.settings import disabled_by_env
+
+        return (*stamp, disabled_by_env())
 
     def get(self, repo):
         from cmc.settings import Settings
@@ -114,20 +128,19 @@ def _complete(uri: str, position: lsp.Position):
     key = (uri, doc.version, position.line, position.character)
     if _last.get("key") == key:
         return _last["value"]
+    from cmc import client
     from cmc.decoding import KEYSTROKE
-    from cmc.gitctx import GitRepo
-    from cmc.protocol import CompleteRequest
+    from cmc.gitctx import repo_at
 
     try:
-        repo = GitRepo(repo_of_message_file(path_of(uri)))
+        repo = repo_at(repo_of_message_file(path_of(uri)))
         settings = _settings.get(repo)
         if not settings.enabled:
             return None, ""
         typed = typed_at(doc, position, settings.comment_char)
         # One line, a small beam: the list shows 3 candidates, ghost text the best of them.
-        decode = KEYSTROKE.with_candidates(3)
-        request = CompleteRequest(str(repo.cwd), typed, settings, replace(decode, num_beams=3))
-        result, _ = _get_service().complete(request)
+        decode = replace(KEYSTROKE.with_candidates(3), num_beams=3)
+        result = client.complete(repo, settings, typed, decode, local=_local)
     except CmcError as exc:
         server.window_log_message(lsp.LogMessageParams(lsp.MessageType.Warning, f"cmc: {exc}"))
         return None, ""

@@ -11,7 +11,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cmc.complete import (
@@ -23,35 +22,6 @@ from cmc.complete import (
 )
 from cmc.decoding import Candidate, DecodeSettings
 from cmc.protocol import CompleteRequest
-
-
-def repo_state(git_dir: Path) -> tuple:
-    """Cheap fingerprint of what the staged diff and history depend on: the index and HEAD."""
-    parts: list[Any] = []
-    for name in ("index", "HEAD"):
-        try:
-            st = (git_dir / name).stat()
-            parts.append((st.st_mtime_ns, st.st_size))
-        except OSError:
-            parts.append(None)
-    try:
-        head = (git_dir / "HEAD").read_text().strip()
-        if head.startswith("ref: "):
-            ref = head[5:]
-            common = git_dir
-            if (git_dir / "commondir").exists():
-                common = (git_dir / (git_dir / "commondir").read_text().strip()).resolve()
-            for base in (git_dir, common):
-                if (base / ref).exists():
-                    parts.append((base / ref).read_text().strip())
-                    break
-            else:
-                parts.append(ref)  # a packed ref or an unborn branch
-        else:
-            parts.append(head)
-    except OSError:
-        parts.append(None)
-    return tuple(parts)
 
 
 @dataclass
@@ -126,7 +96,7 @@ class CompletionService:
         from cmc.decoding.beam import PromptCache
 
         key = (str(repo.git_dir), settings)
-        state = repo_state(repo.git_dir)
+        state = repo.index_state()
         entry = self.repos.get(key)
         if entry is None or entry.state != state:
             context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
@@ -146,11 +116,11 @@ class CompletionService:
         """The work of `complete`, with the lock held; None when ``unless_empty`` and nothing
         is staged (a prefetch: no one will ask)."""
         from cmc.decoding.beam import Cancelled
-        from cmc.gitctx import GitRepo
+        from cmc.gitctx import repo_at
         from cmc.model import load_model
 
         settings, decode = request.settings, request.decode
-        repo = GitRepo(request.repo)
+        repo = repo_at(request.repo)
         lm = load_model(settings.model)
         key, entry = self._entry(repo, settings, lm)
         if unless_empty and not entry.context.diff.strip():
@@ -176,11 +146,18 @@ class CompletionService:
         request, that request's answer, unless a client is waiting (then it stops at once).
         Nothing is computed for an empty staged diff. Returns how many were computed."""
         from cmc.decoding.beam import Cancelled
+        from cmc.gitctx import repo_at
 
         done = 0
         for key, request in list(self._replay.items()):
             entry = self.repos.get(key)
-            if entry is None or entry.state == repo_state(Path(key[0])):
+            if entry is None:
+                continue
+            try:
+                if entry.state == repo_at(request.repo).index_state():
+                    continue
+            except Exception:  # a repository that went away: its request is not replayed
+                self._replay.pop(key, None)
                 continue
             if self.waiting or not self.lock.acquire(blocking=False):
                 return done

@@ -26,7 +26,7 @@ from conftest import (
 )
 
 from cmc import __version__
-from cmc.daemon import _request
+from cmc.client import request
 from cmc.decoding import DecodeSettings
 from cmc.protocol import CompleteRequest
 from cmc.settings import Settings
@@ -51,7 +51,7 @@ class Daemon:
             self.proc = subprocess.Popen(["cmc", "serve", "--idle-timeout", str(idle)], env=self.env,
                                          start_new_session=True, stdout=subprocess.DEVNULL, stderr=log)  # fmt: skip
         deadline = time.time() + 60
-        while _request({"op": "ping"}, 0.5, sock) is None:
+        while request({"op": "ping"}, 0.5, sock) is None:
             assert self.proc.poll() is None, self.log.read_text()
             assert time.time() < deadline
             time.sleep(0.1)
@@ -79,7 +79,7 @@ def daemon(tmp_path: Path):
 def complete_req(repo: Path, typed: str, sock: Path, n: int = 1) -> dict:
     settings = Settings.load(repo, repo / ".git")
     decode = DecodeSettings(num_beams=1, max_new_tokens=12, num_candidates=n)
-    reply = _request(CompleteRequest(str(repo), typed, settings, decode).to_json(), 60, sock)
+    reply = request(CompleteRequest(str(repo), typed, settings, decode).to_json(), 60, sock)
     assert reply and reply["ok"], reply
     return reply
 
@@ -157,14 +157,23 @@ def test_concurrent_requests_from_several_repositories(tmp_path, tiny_model, dae
     assert len(set(results["b"])) == 1  # the same answer every time: no state leaked between repos
 
 
+def _queued(sock: Path) -> int:
+    """Connections to ``sock`` that its server has not accepted (a stopped daemon's), from
+    /proc/net/unix: entries with the socket's path in any state but listening (01)."""
+    lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    return sum(1 for ln in lines if ln.endswith(" " + str(sock)) and ln.split()[5] != "01")
+
+
 @pytest.mark.slow
 def test_daemon_killed_mid_request_the_commit_still_gets_a_message(tmp_path, tiny_model, daemon):
     repo = staged_repo(tmp_path / "repo", tiny_model)
     git(
         repo, "config", "cmc.daemon", "false"
     )  # no replacement daemon: the fallback must do the work
-    d = daemon(extra_env={"CMC_TEST_DAEMON_DELAY": "60"})
+    d = daemon()
     subprocess.run(["cmc", "hook", "install"], cwd=repo, env=d.env, check=True, capture_output=True)
+    os.kill(d.proc.pid, signal.SIGSTOP)  # it accepts nothing now: the hook's request waits
+    before = _queued(d.sock)
     seen = tmp_path / "seen.txt"
     editor = tmp_path / "editor.sh"
     editor.write_text(f'#!/bin/sh\ncp "$1" "{seen}"\n')
@@ -177,8 +186,9 @@ def test_daemon_killed_mid_request_the_commit_still_gets_a_message(tmp_path, tin
         stderr=subprocess.PIPE,
         text=True,
     )
+    # The client's ping, its check that the daemon accepts, then the completion request itself.
     deadline = time.time() + 60
-    while not any(c.status == "ESTABLISHED" for c in _connections(d.proc.pid)):
+    while _queued(d.sock) < before + 3:
         assert time.time() < deadline and commit.poll() is None
         time.sleep(0.1)
     d.kill()
@@ -193,7 +203,8 @@ def test_a_busy_daemon_past_the_deadline_is_an_error_not_a_second_model(
 ):
     """Waiting out a live daemon and then loading the model here too would only double the load."""
     repo = staged_repo(tmp_path / "repo", tiny_model)
-    d = daemon(extra_env={"CMC_TEST_DAEMON_DELAY": "60"})
+    d = daemon()
+    os.kill(d.proc.pid, signal.SIGSTOP)  # alive (the kernel queues connections) but answering none
     started = time.monotonic()
     out = subprocess.run(["cmc", "complete", "--prefix", "Fix", "--timeout", "3"], cwd=repo,
                          env=d.env, capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -204,29 +215,6 @@ def test_a_busy_daemon_past_the_deadline_is_an_error_not_a_second_model(
     )
     assert time.monotonic() - started < 50  # did not load and run the model after giving up
     assert d.proc.poll() is None
-
-
-def _connections(pid: int):
-    """Unix stream connections of a process, from /proc (no psutil needed)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-
-    class C:
-        status = "ESTABLISHED"
-
-    conns = []
-    for line in Path("/proc/net/unix").read_text().splitlines()[1:]:
-        parts = line.split()
-        # connected stream sockets have state 03; the listening one is 01
-        if len(parts) >= 7 and parts[6] in inodes and parts[5] == "03":
-            conns.append(C())
-    return conns
 
 
 @pytest.mark.slow
@@ -243,7 +231,7 @@ def test_cli_starts_a_daemon_in_the_background_when_allowed(tmp_path, tiny_model
     )
     assert json.loads(first.stdout)["served_by"] == "in-process"  # nobody to ask yet: no waiting
     deadline = time.time() + 60
-    while (info := _request({"op": "ping"}, 0.5, sock)) is None:
+    while (info := request({"op": "ping"}, 0.5, sock)) is None:
         assert time.time() < deadline, "no daemon was started"
         time.sleep(0.2)
     try:
@@ -273,7 +261,7 @@ def test_stale_socket_is_replaced_and_idle_daemon_exits(tmp_path, tiny_model, da
     d.kill()
     assert d.sock.exists()  # a dead daemon's socket stays behind
     d2 = daemon(idle=1.0)
-    assert _request({"op": "ping"}, 1, d2.sock)["pid"] == d2.proc.pid
+    assert request({"op": "ping"}, 1, d2.sock)["pid"] == d2.proc.pid
     d2.proc.wait(timeout=30)  # exits on its own once idle
     assert not d2.sock.exists()
 
@@ -297,14 +285,14 @@ def test_another_user_cannot_connect(tmp_path):
                 group=65534,
             )
             assert result.returncode != 0 and "Permission denied" in result.stderr
-            assert _request({"op": "ping"}, 2, d.sock)["ok"]  # its owner still gets in
+            assert request({"op": "ping"}, 2, d.sock)["ok"]  # its owner still gets in
         finally:
             d.kill()
 
 
 def test_other_versions_are_refused(tmp_path, daemon):
     d = daemon()
-    reply = _request(
+    reply = request(
         {"op": "complete", "version": "0.0.0-old", "repo": str(tmp_path), "typed": ""}, 5, d.sock
     )
     assert reply["ok"] is False and reply["version"] == __version__
@@ -363,12 +351,93 @@ def test_language_server_completes_a_commit_message_buffer(tmp_path, tiny_model)
     assert inline.items[0].insert_text == "ash on empty configuration files"
 
 
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.slow
+def test_language_server_asks_the_daemon_and_runs_no_git_per_keystroke(tmp_path, tiny_model):
+    """The editor server holds no model of its own (the daemon does: one copy in memory), and
+    while the index is unchanged a keystroke starts no git process (a logging git on PATH)."""
+    import shutil
+
+    from lsprotocol import types as lsp
+    from pygls.lsp.client import LanguageClient
+
+    repo = staged_repo(tmp_path / "repo", tiny_model)
+    bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls.txt"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(
+        f'#!/bin/sh\necho "$*" >> "{calls}"\nexec {shutil.which("git")} "$@"\n'
+    )
+    (bin_dir / "git").chmod(0o755)
+    sock = tmp_path / "run" / "cmc.sock"
+    env = cmc_env({"CMC_SOCKET": str(sock), "CMC_NO_DAEMON": "0"})
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    message_file = repo / ".git" / "COMMIT_EDITMSG"
+    typed = "Fix parser cr"
+    message_file.write_text(typed + "\n")
+    uri = message_file.as_uri()
+
+    async def session():
+        client = LanguageClient("test-editor", "1")
+        await client.start_io(sys.executable, "-m", "cmc.cli", "lsp", env=env, cwd=str(tmp_path))
+        await client.initialize_async(
+            lsp.InitializeParams(capabilities=lsp.ClientCapabilities(), root_uri=repo.as_uri())
+        )
+        client.initialized(lsp.InitializedParams())
+        client.text_document_did_open(
+            lsp.DidOpenTextDocumentParams(lsp.TextDocumentItem(uri, "gitcommit", 1, typed + "\n"))
+        )
+
+        async def ask(text: str, version: int):
+            if version > 1:
+                client.text_document_did_change(
+                    lsp.DidChangeTextDocumentParams(
+                        lsp.VersionedTextDocumentIdentifier(version=version, uri=uri),
+                        [lsp.TextDocumentContentChangeWholeDocument(text + "\n")],
+                    )
+                )
+            params = lsp.CompletionParams(lsp.TextDocumentIdentifier(uri),
+                                          lsp.Position(0, len(text)))  # fmt: skip
+            return await asyncio.wait_for(client.text_document_completion_async(params), 120)
+
+        first = await ask(typed, 1)
+        calls_before = calls.read_text().count("\n")
+        later = [
+            await ask(typed + tail, 2 + i) for i, tail in enumerate(["a", "as", "ash", "ash "])
+        ]
+        calls_after = calls.read_text().count("\n")
+        server_maps = _maps(client._server.pid)
+        await client.shutdown_async(None)
+        client.exit(None)
+        await client.stop()
+        return first, later, calls_before, calls_after, server_maps
+
+    try:
+        first, later, calls_before, calls_after, server_maps = asyncio.run(session())
+        info = request({"op": "ping"}, 5, sock)
+        assert info and info["ok"], "the language server did not start a daemon"
+        daemon_maps = _maps(info["pid"])
+    finally:
+        info = request({"op": "ping"}, 5, sock)
+        if info:
+            os.kill(info["pid"], signal.SIGKILL)
+    items = first.items if hasattr(first, "items") else first
+    assert items[0].text_edit.new_text == "crash on empty configuration files"
+    assert all((r.items if hasattr(r, "items") else r) for r in later)
+    assert calls_before > 0 and calls_after == calls_before, calls.read_text()
+    assert "onnxruntime" in daemon_maps  # the daemon holds the model …
+    assert "onnxruntime" not in server_maps and "numpy" not in server_maps  # … the server none
+
+
 def test_malformed_lines_unknown_ops_and_bad_fields_get_one_line_errors(tmp_path):
     """A daemon in this process (no model needed): every bad request gets an error reply and the
     daemon keeps serving."""
     import socket as socketlib
 
-    from cmc.daemon import DaemonServer, private_dir
+    from cmc.client import private_dir
+    from cmc.daemon import DaemonServer
 
     assert private_dir(tmp_path / "sock")
     path = tmp_path / "sock" / "d.sock"
@@ -411,7 +480,7 @@ def test_malformed_lines_unknown_ops_and_bad_fields_get_one_line_errors(tmp_path
                 reply = json.loads(f.readline())
                 assert reply["ok"] is False and reply["version"] == __version__, (line, reply)
                 assert reply["error"] and "\n" not in reply["error"]
-        assert _request({"op": "ping"}, 5, path)["ok"]  # still serving
+        assert request({"op": "ping"}, 5, path)["ok"]  # still serving
     finally:
         server.shutdown()
         server.server_close()
@@ -445,9 +514,9 @@ def test_a_request_waiting_past_its_deadline_is_dropped(tmp_path, tiny_model):
     repo = staged_repo(tmp_path / "repo", tiny_model)
     service = CompletionService()
     settings = Settings.load(repo, repo / ".git")
-    request = CompleteRequest(str(repo), "Fix", settings, DecodeSettings(), wait_s=0.2)
+    req = CompleteRequest(str(repo), "Fix", settings, DecodeSettings(), wait_s=0.2)
     with service.lock, pytest.raises(Cancelled):  # another request holds the model
-        service.complete(request)
+        service.complete(req)
     gone = CompleteRequest(str(repo), "Fix", settings, DecodeSettings(), wait_s=5)
     with pytest.raises(Cancelled):
         service.complete(gone, cancelled=lambda: True)  # its client has hung up
@@ -460,11 +529,11 @@ def test_after_git_add_the_daemon_has_the_hooks_answer_ready(tmp_path, tiny_mode
     repo = staged_repo(tmp_path / "repo", tiny_model)
     d = daemon()
     assert complete_req(repo, "", d.sock)["reused_tokens"] != -1
-    before = _request({"op": "ping"}, 5, d.sock)["prefetched"]
+    before = request({"op": "ping"}, 5, d.sock)["prefetched"]
     (repo / "docs.md").write_text("How to parse an empty configuration file.\n")
     git(repo, "add", "docs.md")
     deadline = time.time() + 120
-    while _request({"op": "ping"}, 5, d.sock)["prefetched"] == before:
+    while request({"op": "ping"}, 5, d.sock)["prefetched"] == before:
         assert time.time() < deadline, d.log.read_text()
         time.sleep(0.1)
     ready = complete_req(repo, "", d.sock)
@@ -483,6 +552,6 @@ def test_after_git_add_the_daemon_has_the_hooks_answer_ready(tmp_path, tiny_mode
     idle_deadline = time.time() + 3
     counts = set()
     while time.time() < idle_deadline:
-        counts.add(_request({"op": "ping"}, 5, d.sock)["prefetched"])
+        counts.add(request({"op": "ping"}, 5, d.sock)["prefetched"])
         time.sleep(0.2)
     assert counts == {before + 1}

@@ -18,7 +18,7 @@ import pytest
 from conftest import LEARNED_MESSAGE, cmc_env
 from test_interactive import staged_repo
 
-from cmc.daemon import _request
+from cmc.client import request
 
 ATTACKER = 65534
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as a second user")
@@ -74,7 +74,7 @@ def runtime_folder_checks(repo: Path, shared: Path, victim: Path) -> None:
     assert os.listdir(shared / "cmc") == []  # nothing of the victim's went there
     own = victim / ".cache" / "cmc"
     deadline = time.time() + 120
-    while (info := _request({"op": "ping"}, 0.5, own / f"daemon-{os.getuid()}.sock")) is None:
+    while (info := request({"op": "ping"}, 0.5, own / f"daemon-{os.getuid()}.sock")) is None:
         assert time.time() < deadline, "no daemon in the victim's own folder"
         time.sleep(0.2)
     os.kill(info["pid"], signal.SIGKILL)
@@ -129,7 +129,7 @@ def test_the_daemon_log_is_never_opened_through_a_symlink(tmp_path, tiny_model):
     env = cmc_env({"CMC_SOCKET": str(run / "cmc.sock"), "CMC_NO_DAEMON": "0"})
     complete(repo, env)  # starts a daemon in the background, its output would go to the log
     deadline = time.time() + 120
-    while (info := _request({"op": "ping"}, 0.5, run / "cmc.sock")) is None:
+    while (info := request({"op": "ping"}, 0.5, run / "cmc.sock")) is None:
         assert time.time() < deadline, "no daemon started"
         time.sleep(0.2)
     os.kill(info["pid"], signal.SIGKILL)

@@ -178,7 +178,19 @@ def test_kill_during_save_keeps_previous_checkpoint_and_resume_is_bitwise(
 ):
     data, tok = token_data
     out = tmp_path / "killed"
-    env = {**cmc_env(), "OMP_NUM_THREADS": "1", "CMC_TEST_SAVE_PAUSE": "120"}
+    # Stretch the moment between the shards (and .metadata) and trainer.json, to kill a save in it.
+    site = tmp_path / "slow-save"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import time\n"
+        "from cmc.training.checkpoint import CheckpointManager\n"
+        "finish = CheckpointManager._finish\n"
+        "def slow(self, folder, info):\n"
+        "    time.sleep(120)\n"
+        "    finish(self, folder, info)\n"
+        "CheckpointManager._finish = slow\n"
+    )
+    env = {**cmc_env(), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(site)}
     proc = subprocess.Popen(
         train_cmd(data, tok, out, 2),
         cwd=ROOT,

@@ -30,7 +30,7 @@ from conftest import (
     plant_modules,
 )
 
-from cmc.daemon import _request
+from cmc.client import request
 from cmc.decoding import KEYSTROKE
 from cmc.protocol import CompleteRequest
 from cmc.settings import Settings
@@ -71,7 +71,7 @@ def test_hook_and_the_daemon_it_starts_import_nothing_from_the_repository(tmp_pa
     first = git(repo, "commit", "-q", env=env)
     assert git(repo, "log", "-1", "--format=%s").stdout.strip() == LEARNED_MESSAGE, first.stderr
     deadline = time.time() + 120
-    while (info := _request({"op": "ping"}, 0.5, sock)) is None:
+    while (info := request({"op": "ping"}, 0.5, sock)) is None:
         assert time.time() < deadline, "the hook started no daemon: " + (
             sock.with_suffix(".log").read_text() if sock.with_suffix(".log").exists() else ""
         )
@@ -80,8 +80,8 @@ def test_hook_and_the_daemon_it_starts_import_nothing_from_the_repository(tmp_pa
         (repo / LEARNED_DIFF_FILE).write_text(PARSER_BEFORE)
         git(repo, "add", LEARNED_DIFF_FILE)
         git(repo, "commit", "-q", env=env)  # served by the daemon started above
-        request = CompleteRequest(str(repo), "Fix", Settings.load(repo, repo / ".git"), KEYSTROKE)
-        reply = _request(request.to_json(), 60, sock)
+        req = CompleteRequest(str(repo), "Fix", Settings.load(repo, repo / ".git"), KEYSTROKE)
+        reply = request(req.to_json(), 60, sock)
         assert reply is not None and reply["ok"], reply
     finally:
         os.kill(info["pid"], signal.SIGKILL)
@@ -109,7 +109,7 @@ def test_complete_and_serve_import_nothing_from_the_repository(tmp_path, tiny_mo
     )
     try:
         deadline = time.time() + 120
-        while _request({"op": "ping"}, 0.5, sock) is None:
+        while request({"op": "ping"}, 0.5, sock) is None:
             assert proc.poll() is None, proc.stderr.read().decode()
             assert time.time() < deadline
             time.sleep(0.2)

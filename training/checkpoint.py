@@ -111,15 +111,6 @@ class TrainState(Stateful):
                 pass  # fewer GPUs now than at save time
 
 
-def _test_pause() -> None:
-    """Tests stretch the moment between the shards and the validity marker to kill a save in it."""
-    pause = float(os.environ.get("CMC_TEST_SAVE_PAUSE", "0") or 0)
-    if pause:
-        import time
-
-        time.sleep(pause)
-
-
 def step_dirs(root: str | Path, valid_only: bool = True) -> list[tuple[int, Path]]:
     """``(step, folder)`` of checkpoints under ``root``, oldest first."""
     root = Path(root)
@@ -181,7 +172,6 @@ class CheckpointManager:
             dcp.save(sd, checkpoint_id=str(folder))
         except SAVE_ERRORS as exc:
             raise self._discard(folder, exc) from exc
-        _test_pause()
         self._finish(folder, info)
         return SaveHandle(folder, info)
 
@@ -281,16 +271,25 @@ class UnloadableCheckpoints(RuntimeError):
     """Checkpoints exist but none loads (corrupt, or written by other code)."""
 
 
+def find_checkpoint(path: str | Path) -> Path:
+    """A valid ``step-N`` folder: ``path`` itself, or the newest under it. ``path`` may be that
+    folder, a checkpoints folder, a trainer's run folder (``RUN/checkpoints``) or the folder
+    `cmc train --out` names (``OUT/run/checkpoints``)."""
+    path = Path(path)
+    if is_valid(path):
+        return path
+    for root in (path, path / "checkpoints", path / "run" / "checkpoints"):
+        found = step_dirs(root)
+        if found:
+            return found[-1][1]
+    raise FileNotFoundError(
+        f"{path}: no valid checkpoint (a step-N folder with .metadata and trainer.json)"
+    )
+
+
 def checkpoint_info(folder: str | Path) -> dict[str, Any]:
     """What ``cmc checkpoint info`` shows: from trainer.json and DCP's metadata."""
-    folder = Path(folder)
-    if not is_valid(folder):
-        latest = step_dirs(folder)
-        if not latest:
-            raise FileNotFoundError(
-                f"{folder}: no valid checkpoint (a step-N folder with .metadata)"
-            )
-        folder = latest[-1][1]
+    folder = find_checkpoint(folder)
     info = json.loads((folder / "trainer.json").read_text())
     reader = dcp.FileSystemReader(str(folder))
     meta = reader.read_metadata()
