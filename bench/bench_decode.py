@@ -28,9 +28,10 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=12)
     ap.add_argument("--model", default=str(ROOT / "cmc" / "default_model"))
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import pyarrow.parquet as pq
     import torch
+    from generate_adapter import HFProcessor
     from transformers import DynamicCache, LogitsProcessorList
 
     from cmc.complete import context_from_row
@@ -43,7 +44,6 @@ def main() -> int:
     )
     from cmc.model import load_model
     from cmc.prompt import build_prompt, eos_token_id, split_typed
-    from cmc.runtime.hf import HFProcessor
 
     torch.set_num_threads(1)
     lm = load_model(args.model, "transformers")

@@ -161,7 +161,10 @@ def ct2_rows(model: str, reps: int, tmp: Path) -> dict:
 
     lm = load_model(model, "numpy")
     ids, _ = real_prompt_ids(lm.tokenizer, lm.budget)
-    tokens = lm.tokenizer.convert_ids_to_tokens(ids)
+    from tokenizers import Tokenizer
+
+    table = Tokenizer.from_file(str(Path(model) / "tokenizer.json"))
+    tokens = [table.id_to_token(i) for i in ids]
     eos = lm.tokenizer.eos_token
     rows = {}
     for quant in ("float32", "int8"):
@@ -284,13 +287,13 @@ def cold_complete(repo: Path, env: dict, reps: int) -> list[float]:
 
 
 def with_daemon(env: dict, sock: Path):
-    from cmc.daemon import _request
+    from cmc.client import request
 
     proc = subprocess.Popen([*CMC, "serve", "--idle-timeout", "600"], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.time() + 120
-    while _request({"op": "ping"}, 0.5, sock) is None:
+    while request({"op": "ping"}, 0.5, sock) is None:
         if time.time() > deadline or proc.poll() is not None:
             raise SystemExit("the daemon did not start")
         time.sleep(0.1)
@@ -300,17 +303,17 @@ def with_daemon(env: dict, sock: Path):
 def warm_hook(repo: Path, env: dict, reps: int, sock: Path | None = None) -> list[float]:
     """The hook on a new staged change each time; with ``sock``, only once the daemon has
     prefetched its answer (the user's pause between `git add` and `git commit`)."""
-    from cmc.daemon import _request
+    from cmc.client import request
 
     hook = repo / ".git" / "hooks" / "prepare-commit-msg"
     msg = repo / ".git" / "COMMIT_EDITMSG"
     out = []
     for i in range(reps + 1):
-        before = _request({"op": "ping"}, 5, sock)["prefetched"] if sock and i else None
+        before = request({"op": "ping"}, 5, sock)["prefetched"] if sock and i else None
         stage_change(repo, (200 if sock else 100) + i)
         if before is not None:
             deadline = time.time() + 60
-            while _request({"op": "ping"}, 5, sock)["prefetched"] == before:
+            while request({"op": "ping"}, 5, sock)["prefetched"] == before:
                 if time.time() > deadline:
                     raise SystemExit("the daemon did not prefetch")
                 time.sleep(0.05)
@@ -326,7 +329,7 @@ def warm_hook(repo: Path, env: dict, reps: int, sock: Path | None = None) -> lis
 
 def keystrokes(repo: Path, sock: Path) -> tuple[list[float], list[float]]:
     """Latency of each keystroke's request; and of those the model had to run for."""
-    from cmc.daemon import _request
+    from cmc.client import request
     from cmc.decoding import KEYSTROKE
     from cmc.protocol import CompleteRequest
     from cmc.settings import Settings
@@ -337,7 +340,7 @@ def keystrokes(repo: Path, sock: Path) -> tuple[list[float], list[float]]:
     for n in range(0, len(MESSAGE) + 1):
         req = CompleteRequest(str(repo), MESSAGE[:n], settings, KEYSTROKE).to_json()
         t = time.perf_counter()
-        reply = _request(req, 60, sock)
+        reply = request(req, 60, sock)
         dt = time.perf_counter() - t
         assert reply and reply.get("ok"), reply
         if n:  # the first builds the context of the staged change

@@ -16,7 +16,15 @@ from typing import Any
 
 from cmc import CmcError, one_line
 from cmc.prompt import DEFAULT_BUDGET, Budget
-from cmc.settings import NO_MODEL_HELP, inference_threads, is_model_dir
+from cmc.settings import (
+    NO_MODEL_HELP,
+    RUNTIMES,
+    inference_threads,
+    is_model_dir,
+    precision_env,
+    runtime_env,
+    torch_dtype_name,
+)
 
 
 @dataclass
@@ -35,7 +43,7 @@ def _cpu_dtype():
     prompt 3x faster but decodes each token slower (6.3 vs 4.6 ms), and decoding dominates."""
     import torch
 
-    return getattr(torch, os.environ.get("CMC_DTYPE", "float32"), torch.float32)
+    return getattr(torch, torch_dtype_name(), torch.float32)
 
 
 MODEL_META = "cmc.json"  # beside a model's weights: its prompt budget and training provenance
@@ -78,13 +86,11 @@ def check_model_spec(spec: str) -> Path:
     return local
 
 
-RUNTIMES = ("auto", "numpy", "transformers")
-
-
 def runtime_choice(runtime: str | None = None) -> str:
-    choice = (runtime or os.environ.get("CMC_RUNTIME") or "auto").strip().lower()
+    """``runtime`` (a caller's choice), else ``CMC_RUNTIME``, else auto."""
+    choice = (runtime or "").strip().lower() or runtime_env()
     if choice not in RUNTIMES:
-        raise CmcError(f"CMC_RUNTIME={choice!r}: use one of {', '.join(RUNTIMES)}")
+        raise CmcError(f"runtime {choice!r}: use one of {', '.join(RUNTIMES)}")
     return choice
 
 
@@ -128,11 +134,9 @@ def precision_for(local: Path) -> str:
     records (`cmc checkpoint export` writes float32 when int8 fails its check), else int8:
     measured on 300 held-out commits with the bundled model, int8 scores as float32 does
     (README, "Precision") and completes a beam-5 message ~1.5x sooner."""
-    from cmc.runtime.linear import PRECISIONS
+    from cmc.settings import PRECISIONS
 
-    chosen = os.environ.get("CMC_PRECISION", "").strip().lower()
-    if chosen and chosen not in PRECISIONS:
-        raise CmcError(f"CMC_PRECISION={chosen!r}: use one of {', '.join(PRECISIONS)}")
+    chosen = precision_env()
     recorded = read_model_meta(local).get("precision")
     return chosen or (recorded if recorded in PRECISIONS else DEFAULT_PRECISION)
 
@@ -175,7 +179,7 @@ def load_model(spec: str, runtime: str | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer (cached for the life of the process) on the numpy
     runtime when it can run it, else (or with ``runtime="transformers"``) through transformers."""
     choice = runtime_choice(runtime)
-    key = f"{choice}:{os.environ.get('CMC_PRECISION', '')}:{spec}"
+    key = f"{choice}:{precision_env()}:{spec}"
     if key in _LOADED:
         return _LOADED[key]
     local = check_model_spec(spec)

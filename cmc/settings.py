@@ -1,5 +1,6 @@
 """Every setting cmc reads, in one place: git config (``cmc.*``, ``core.commentChar``,
-``commit.cleanup``, ``user.*``), the environment, and which model to use.
+``commit.cleanup``, ``user.*``), the environment (every ``CMC_*`` variable is read here and
+nowhere else: `ENVIRONMENT` lists them), and which model to use.
 
 The client side (hook, ``cmc complete``, the language server) resolves a `Settings` once per run and
 sends the daemon everything it needs; the daemon never reads configuration itself.
@@ -20,9 +21,25 @@ from pathlib import Path
 from cmc import CmcError
 
 ENV_DISABLE = "CMC_DISABLE"
-DEFAULT_TIMEOUT_S = 10.0
+DEFAULT_TIMEOUT_S = 10.0  # how long the hook may take (cmc.timeout)
 DEFAULT_CANDIDATES = 3
 DEFAULT_SOURCES = ("", "template")  # message sources the hook acts on unless `cmc.sources` says
+DEFAULT_TICKET_PATTERN = r"[A-Z][A-Z0-9]{1,9}-\d+"  # cmc.ticketPattern
+DEFAULT_WAIT_S = 30.0  # how long `cmc complete` and editors wait for a busy daemon
+DEFAULT_IDLE_S = 900.0  # a daemon without requests for this long exits
+
+# Every environment variable cmc reads (`cmc hook status` and the README list them).
+ENVIRONMENT = {
+    "CMC_DISABLE": "1/true/yes/on: cmc does nothing (the hook, --respect-enabled, editors)",
+    "CMC_NO_DAEMON": "1/true: never use or start the warm daemon; complete in this process",
+    "CMC_SOCKET": "the daemon's socket path (its folder must be yours, mode 0700)",
+    "CMC_PREFETCH": "0/false: the daemon does not compute the hook's answer after `git add`",
+    "CMC_THREADS": "threads for completion (default 1)",
+    "CMC_RUNTIME": "auto, numpy or transformers: what runs the model",
+    "CMC_PRECISION": "int8 or float32: the weight products of cmc's runtime",
+    "CMC_MATMUL": "numpy: weight products on numpy instead of onnxruntime",
+    "CMC_DTYPE": "torch dtype of the transformers runtime on the CPU (default float32)",
+}
 
 BUNDLED_MODEL = Path(__file__).parent / "default_model"
 NO_MODEL_HELP = (
@@ -34,13 +51,75 @@ _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
 
-def env_flag(name: str) -> bool:
-    """The one reading of a boolean environment variable (``1``/``true``/``yes``/``on``)."""
-    return os.environ.get(name, "").strip().lower() in _TRUE
+def _env(name: str) -> str:
+    if name not in ENVIRONMENT:  # a variable read without being listed is a bug, not a setting
+        raise KeyError(name)
+    return os.environ.get(name, "").strip()
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    """The one reading of a boolean environment variable (``1``/``true``/``yes``/``on``, or
+    ``0``/``false``/``no``/``off``; unset or anything else: ``default``)."""
+    value = _env(name).lower()
+    if value in _TRUE:
+        return True
+    return False if value in _FALSE else default
+
+
+def env_choice(name: str, choices: tuple[str, ...], default: str = "") -> str:
+    """A variable that names one of ``choices`` (lower-cased); anything else is a one-line error."""
+    value = _env(name).lower() or default
+    if value and value not in choices:
+        raise CmcError(f"{name}={value!r}: use one of {', '.join(choices)}")
+    return value
 
 
 def disabled_by_env() -> bool:
     return env_flag(ENV_DISABLE)
+
+
+def daemon_disabled_by_env() -> bool:
+    """``CMC_NO_DAEMON``: complete in this process, never asking or starting a daemon."""
+    return env_flag("CMC_NO_DAEMON")
+
+
+def prefetch_enabled() -> bool:
+    return env_flag("CMC_PREFETCH", default=True)
+
+
+def socket_override() -> Path | None:
+    value = _env("CMC_SOCKET")
+    return Path(value) if value else None
+
+
+RUNTIMES = ("auto", "numpy", "transformers")
+PRECISIONS = ("float32", "int8")
+
+
+def runtime_env() -> str:
+    """``CMC_RUNTIME``: what runs the model (`cmc.model.runtime_choice`)."""
+    return env_choice("CMC_RUNTIME", RUNTIMES, "auto")
+
+
+def precision_env() -> str:
+    """``CMC_PRECISION``: "" when unset (the model's own record decides: `cmc.model.precision_for`)."""
+    return env_choice("CMC_PRECISION", PRECISIONS)
+
+
+def numpy_products() -> bool:
+    """``CMC_MATMUL=numpy``: weight products on numpy even where onnxruntime is installed."""
+    return env_choice("CMC_MATMUL", ("numpy", "onnxruntime")) == "numpy"
+
+
+def torch_dtype_name() -> str:
+    return _env("CMC_DTYPE") or "float32"
+
+
+def limit_blas_threads() -> None:
+    """numpy's OpenBLAS starts a thread per core: a 9M model's products gain little from a second
+    thread and lose a lot when the cores are busy (`inference_threads`). Called by ``import cmc``
+    before numpy is first imported, which is the only time OpenBLAS reads it."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", str(inference_threads()))
 
 
 def personalized_model_dir(git_dir: str | os.PathLike) -> Path:
@@ -159,7 +238,7 @@ class Settings:
     author_name: str | None = None
     author_email: str | None = None
     ticket: bool = True  # start an empty message with the branch's ticket (cmc.ticket)
-    ticket_pattern: str = r"[A-Z][A-Z0-9]{1,9}-\d+"  # cmc.ticketPattern
+    ticket_pattern: str = DEFAULT_TICKET_PATTERN
 
     @classmethod
     def load(
@@ -191,7 +270,7 @@ class Settings:
             author_name=cfg.get("user.name"),
             author_email=cfg.get("user.email"),
             ticket=cfg.boolean("cmc.ticket", True),
-            ticket_pattern=_regex(cfg.get("cmc.ticketPattern")) or r"[A-Z][A-Z0-9]{1,9}-\d+",
+            ticket_pattern=_regex(cfg.get("cmc.ticketPattern")) or DEFAULT_TICKET_PATTERN,
         )
 
     def to_json(self) -> dict:
@@ -228,6 +307,6 @@ def inference_threads() -> int:
     gains little from a second thread, and when the cores are busy (a build, tests, an IDE) torch's
     threads spin and wait: measured here, 2 threads were 7x slower than 1 under load."""
     try:
-        return max(1, int(os.environ.get("CMC_THREADS", "1")))
+        return max(1, int(_env("CMC_THREADS") or 1))
     except ValueError:
         return 1

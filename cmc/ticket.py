@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-DEFAULT_PATTERN = r"[A-Z][A-Z0-9]{1,9}-\d+"
 RECENT = 10  # the author's messages looked at
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import LEARNED_MESSAGE, learned_diff
+from generate_adapter import HFProcessor
 from transformers import LogitsProcessorList
 
 from cmc.decoding.beam import (
@@ -19,7 +20,6 @@ from cmc.decoding.beam import (
 )
 from cmc.model import load_model
 from cmc.prompt import build_prompt, eos_token_id, split_typed
-from cmc.runtime.hf import HFProcessor
 
 
 def hf_beams(model, ids, processors, beams, max_new, eos):

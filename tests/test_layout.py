@@ -163,3 +163,37 @@ def test_every_command_option_has_help():
                 yield f"{path} {p.opts[0]}"
 
     assert list(missing(main, "cmc")) == []
+
+
+def test_every_cmc_variable_is_read_in_settings_only():
+    """One settings surface: a `CMC_*` name appears as a string only in cmc.settings, which lists
+    each one it reads (and refuses to read one it does not list)."""
+    import re
+
+    from cmc.settings import ENVIRONMENT, _env
+
+    name = re.compile(r"CMC_[A-Z0-9_]+")
+    elsewhere, in_settings = [], set()
+    for module, path in source_modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                found = set(name.findall(node.value)) if module == "cmc.settings" else set()
+                if module == "cmc.settings":
+                    in_settings |= found
+                elif name.fullmatch(node.value) or re.search(r"CMC_[A-Z_]+=?$", node.value):
+                    elsewhere.append(f"{module}: {node.value}")
+    assert elsewhere == []
+    assert {n for n in in_settings if n != "CMC_"} <= set(ENVIRONMENT)
+    with pytest.raises(KeyError):
+        _env("CMC_NOT_LISTED")
+
+
+def test_boolean_variables_take_every_spelling(monkeypatch):
+    from cmc.settings import daemon_disabled_by_env, prefetch_enabled
+
+    for value, disabled in (("1", True), ("true", True), ("YES", True), ("0", False), ("", False)):
+        monkeypatch.setenv("CMC_NO_DAEMON", value)
+        assert daemon_disabled_by_env() is disabled, value
+    for value, enabled in (("0", False), ("false", False), ("off", False), ("1", True), ("", True)):
+        monkeypatch.setenv("CMC_PREFETCH", value)
+        assert prefetch_enabled() is enabled, value

@@ -76,6 +76,13 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_
     ]
     assert len(steps) == 40  # no step lost or logged twice across the interruption
     assert not [m.name for m in markers if m.exists()]
+    # The run `cmc train` names, its trainer's run folder and the checkpoints: each is accepted.
+    train_out = repo / ".git" / "cmc" / "train"
+    for where in (train_out, train_out / "run", ckpts):
+        info = subprocess.run(["cmc", "checkpoint", "info", str(where)], cwd=repo, env=env,
+                              capture_output=True, text=True)  # fmt: skip
+        assert info.returncode == 0, info.stderr
+        assert '"step": 40' in info.stdout
 
 
 def test_too_few_commits_is_a_clear_error(tmp_path: Path, tiny_model: Path):

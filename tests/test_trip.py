@@ -12,8 +12,8 @@ from test_pack import rows
 
 from cmc.model import read_model_meta
 from cmc.prompt import Budget
+from cmc.training.evaluate import not_better
 from cmc.training.pack import write_packs
-from cmc.training.recipes.trip import better_everywhere
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,15 +38,21 @@ def trip(*args: str, check: bool = True, site: Path | None = None) -> subprocess
     return done
 
 
-def test_kept_only_when_better_at_every_ratio_on_both_metrics():
+def test_the_one_rule_for_better():
+    """Higher B-Norm + EM@1 summed over the typed shares, and no share where both are lower."""
+
     def scores(*pairs):
-        return {"scores": {f"history@{r:g}": {"B-Norm": b, "EM@1": e}
-                           for r, (b, e) in zip((0, 0.25, 0.5), pairs)}}  # fmt: skip
+        return {f"history@{r:g}": {"B-Norm": b, "EM@1": e}
+                for r, (b, e) in zip((0, 0.25, 0.5), pairs)}  # fmt: skip
 
     base = scores((9, 15), (9, 30), (9, 29))
-    assert better_everywhere(base, scores((10, 16), (12, 31), (13, 30))) == []
-    assert better_everywhere(base, scores((10, 16), (12, 30), (13, 30))) == ["EM@1 at 25%"]
-    assert better_everywhere(base, base) == [f"{m} at {r}%" for r in (0, 25, 50) for m in ("B-Norm", "EM@1")]  # fmt: skip
+    assert not_better(scores((10, 16), (12, 31), (13, 30)), base) == []
+    assert not_better(scores((10, 16), (12, 29), (13, 30)), base) == []  # one EM@1 lower: fine
+    assert not_better(base, base) == ["B-Norm + EM@1 summed 101.00 ≤ 101.00"]
+    assert not_better(scores((8, 14), (14, 40), (9, 29)), base) == [
+        "B-Norm and EM@1 both lower at 0% typed"
+    ]
+    assert len(not_better(scores((8, 14), (9, 30), (9, 29)), base)) == 2
 
 
 @pytest.mark.slow

@@ -69,15 +69,28 @@ class TrainConfig:
         p = argparse.ArgumentParser(
             prog="cmc.training.train", description="Train or fine-tune a cmc model (torchrun)."
         )
-        for f in fields(cls):
-            flag = "--" + f.name.replace("_", "-")
+        cls.add_arguments(p, {f.name: f.default for f in fields(cls)})
+        return p
+
+    @classmethod
+    def add_arguments(cls, parser: Any, names: dict[str, Any]) -> None:
+        """argparse flags for the named fields (``{name: default}``), with the trainer's help: how
+        a recipe offers the trainer's flags without declaring them again."""
+        by_name = {f.name: f for f in fields(cls)}
+        for name, default in names.items():
+            f = by_name[name]
+            flag = "--" + name.replace("_", "-")
             meta = dict(f.metadata)
             if f.type in ("bool", bool):
-                p.add_argument(flag, action="store_true", help=meta["help"])
+                parser.add_argument(flag, action="store_true", help=meta["help"])
             else:
                 kind = {"int": int, "float": float}.get(str(f.type), str)
-                p.add_argument(flag, type=kind, default=f.default, **meta)
-        return p
+                parser.add_argument(flag, type=kind, default=default, **meta)
+
+    @classmethod
+    def pick(cls, args: Any, names: Any) -> dict[str, Any]:
+        """The values of the named fields in parsed ``args`` (for `TrainConfig(**…)`)."""
+        return {name: getattr(args, name) for name in names}
 
     @classmethod
     def from_argv(cls, argv: list[str] | None = None) -> TrainConfig:

@@ -28,6 +28,30 @@ from typing import Any
 from cmc.diffs import process_diff
 
 METRICS = ("B-Norm", "EditSim", "EM@1", "EM@2", "BLEU", "ROUGE-L", "ChrF")
+EVAL_RATIOS = (0.0, 0.25, 0.5)  # the typed shares of the paper's protocol
+JUDGED = ("B-Norm", "EM@1")  # what decides whether one model is better than another
+
+
+def not_better(candidate: dict, base: dict) -> list[str]:
+    """Why a candidate model's scores do not beat a base's ([] when they do): the one rule for
+    "better", used by `cmc train` (install or not) and by a trip's judge (keep or not).
+
+    Both are `run_eval` scores with history on (``scores["history@R"]``). Better means B-Norm +
+    EM@1 summed over the typed shares is higher, and at no typed share are both lower. (The sum,
+    because on a repository's ~100 newest commits one commit moves EM@1 by a point; the second
+    part, so that a gain at one share cannot hide a loss everywhere at another.)"""
+    keys = [f"history@{r:g}" for r in EVAL_RATIOS]
+
+    def total(scores: dict) -> float:
+        return sum(scores[k][m] for k in keys for m in JUDGED)
+
+    reasons = []
+    if total(candidate) <= total(base):
+        reasons.append(f"B-Norm + EM@1 summed {total(candidate):.2f} ≤ {total(base):.2f}")
+    for ratio, key in zip(EVAL_RATIOS, keys):
+        if all(candidate[key][m] < base[key][m] for m in JUDGED):
+            reasons.append(f"B-Norm and EM@1 both lower at {int(ratio * 100)}% typed")
+    return reasons
 
 
 def typed_prefix(message: str, ratio: float) -> str:
@@ -214,8 +238,7 @@ def run_eval(
         from cmc.model import load_model
 
         lm = load_model(model)
-        # EM@2 needs two candidates.
-        decode = (settings or DecodeSettings()).with_candidates(2)
+        decode = settings or DecodeSettings()  # only the best candidate is scored
 
         def run(batch, use_history):
             return complete_rows(lm, batch, use_history=use_history, settings=decode)

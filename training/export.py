@@ -7,21 +7,7 @@ import shutil
 from pathlib import Path
 
 from cmc.model import read_budget, read_model_meta, write_model_meta
-from cmc.training.checkpoint import is_valid, step_dirs
-
-
-def find_checkpoint(path: str | Path) -> Path:
-    """A valid ``step-N`` folder: ``path`` itself, or the newest under it (or under its checkpoints/)."""
-    path = Path(path)
-    if is_valid(path):
-        return path
-    for root in (path, path / "checkpoints"):
-        found = step_dirs(root)
-        if found:
-            return found[-1][1]
-    raise FileNotFoundError(
-        f"{path}: no valid checkpoint (a step-N folder with .metadata and trainer.json)"
-    )
+from cmc.training.checkpoint import find_checkpoint
 
 
 def check_runtime(folder: Path, probe: int = 48, atol: float = 1e-3) -> dict:

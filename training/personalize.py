@@ -19,9 +19,9 @@ from pathlib import Path
 
 from cmc import CmcError
 from cmc.training.config import TrainConfig
+from cmc.training.evaluate import EVAL_RATIOS, not_better
 
 MIN_TRAIN_EXAMPLES = 16
-EVAL_RATIOS = (0.0, 0.25, 0.5)
 
 
 @dataclass
@@ -216,10 +216,12 @@ def personalize(opts: TrainOptions) -> dict:
         "before": before["scores"],
         "after": after["scores"],
     }
-    result["better"] = beats(result["after"], result["before"])
+    worse = not_better(result["after"], result["before"])
+    result["better"] = not worse
     if opts.install and git_dir is not None and not (result["better"] or opts.force):
         result["not_installed"] = (
-            "it did not beat the current model on this repository's newest commits"
+            "it did not beat the current model on this repository's newest commits: "
+            + "; ".join(worse)
         )
     elif opts.install and git_dir is not None:
         target = personalized_model_dir(git_dir)
@@ -231,15 +233,6 @@ def personalize(opts: TrainOptions) -> dict:
         result["installed"] = str(target)
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
-
-
-def beats(after: dict, before: dict) -> bool:
-    """Better on the newest commits: B-Norm + EM@1 summed over the typed shares."""
-
-    def total(scores: dict) -> float:
-        return sum(s["B-Norm"] + s["EM@1"] for s in scores.values())
-
-    return total(after) > total(before)
 
 
 # Rough costs on a 2-core laptop (bundled 9M model, 1 thread): for the first line's estimate.

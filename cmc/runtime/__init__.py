@@ -6,6 +6,7 @@
 * ``step(search, order, tokens) -> logits``: reorder the beams by ``order`` (indices of the
   previous beams), feed one token to each, logits (beams, vocab) as float32 numpy.
 
-`cmc.runtime.llama.NumpyLlama` runs cmc's own (Llama) models on numpy; `cmc.runtime.hf.
-TorchCausalLM` runs any transformers causal LM. `cmc.model.load_model` picks one.
+`cmc.runtime.llama.NumpyLlama` runs cmc's own (Llama) models without torch: attention in numpy,
+weight products on onnxruntime (int8 by default, `cmc.runtime.linear`) or numpy;
+`cmc.runtime.hf.TorchCausalLM` runs any transformers causal LM. `cmc.model.load_model` picks one.
 """

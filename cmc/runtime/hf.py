@@ -102,14 +102,3 @@ class TorchSeq2Seq:
         cache.reorder_cache(torch.as_tensor(np.asarray(order), dtype=torch.long))
         ids = torch.as_tensor(np.asarray(tokens), dtype=torch.long)[:, None]
         return self._decode(encoded, ids, cache)
-
-
-class HFProcessor:
-    """One of cmc's (numpy) logits processors as transformers' `generate` calls them: how cmc's
-    own search is pinned to `generate` (tests/test_beam.py, bench/bench_decode.py)."""
-
-    def __init__(self, proc: Any):
-        self.proc = proc
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.proc(input_ids.tolist(), scores.numpy().copy()))

@@ -23,7 +23,6 @@ stays numpy: an onnxruntime graph of it measured 1.2x slower.)
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,8 +31,8 @@ from functools import cache
 import numpy as np
 
 from cmc import CmcError
+from cmc.settings import PRECISIONS
 
-PRECISIONS = ("float32", "int8")
 Linear = Callable[[np.ndarray], np.ndarray]
 
 
@@ -75,7 +74,9 @@ def _ort():
 def matmul_engine() -> str:
     """What runs the products by default: ``onnxruntime`` when it is installed, unless
     ``CMC_MATMUL=numpy``; else ``numpy``."""
-    if os.environ.get("CMC_MATMUL", "").strip().lower() == "numpy":
+    from cmc.settings import numpy_products
+
+    if numpy_products():
         return "numpy"
     return "onnxruntime" if _ort() is not None else "numpy"
 

@@ -64,9 +64,6 @@ class LeanTokenizer:
     def convert_tokens_to_ids(self, token: str) -> int | None:
         return self._tk.token_to_id(token)
 
-    def convert_ids_to_tokens(self, ids: list[int]) -> list[str | None]:
-        return [self._tk.id_to_token(i) for i in ids]
-
     def convert_tokens_to_string(self, tokens: list[str]) -> str:
         decoder = self._tk.decoder
         return decoder.decode(tokens) if decoder is not None else "".join(tokens)

@@ -18,10 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-from cmc.spawn import python_argv
 from cmc.training.config import TrainConfig
+from cmc.training.recipes import launch as launch_trainer
+from cmc.training.recipes import probe_rate, steps_within
+
+# The trainer's flags this recipe offers, with its defaults.
+TRAINER_FLAGS = {"global_batch_size": 128, "micro_batch_size": 64, "lr": 2e-3,
+                 "eval_examples": 2000}  # fmt: skip
 
 
 def unpack(data: Path) -> None:
@@ -41,13 +44,10 @@ def launch(
 ) -> subprocess.Popen:
     config = TrainConfig(
         data=str(args.data), out=str(out), config=size, tokenizer=str(args.tokenizer),
-        max_steps=steps, warmup_steps=warmup, global_batch_size=args.global_batch_size,
-        micro_batch_size=args.micro_batch_size, lr=args.lr, save_every=save_every,
-        no_progress=True, eval_examples=args.eval_examples, stop_after_seconds=seconds,
+        max_steps=steps, warmup_steps=warmup, save_every=save_every, no_progress=True,
+        stop_after_seconds=seconds, **TrainConfig.pick(args, TRAINER_FLAGS),
     )  # fmt: skip
-    cmd = [*python_argv("cmc.training.train"), *config.to_argv()]
-    with open(out.parent / f"{out.name}.log", "w") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    return launch_trainer(config, out.parent / f"{out.name}.log")
 
 
 def main() -> int:
@@ -61,10 +61,7 @@ def main() -> int:
         "--steps", type=int, default=0, help="skip the probe: this many steps for every size"
     )
     p.add_argument("--sizes", nargs="+", default=["5m", "9m", "15m"])
-    p.add_argument("--global-batch-size", type=int, default=128)
-    p.add_argument("--micro-batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--eval-examples", type=int, default=2000)
+    TrainConfig.add_arguments(p, TRAINER_FLAGS)
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -85,12 +82,8 @@ def main() -> int:
         proc.wait()
     steps = {s: args.steps for s in args.sizes}
     for s in probe_sizes:
-        lines = [
-            json.loads(ln)
-            for ln in (args.out / f"probe-{s}" / "metrics.jsonl").read_text().splitlines()
-        ]
-        rate = float(np.median([ln["tokens_per_s"] for ln in lines[len(lines) // 3 :]]))
-        steps[s] = max(50, int(rate * args.seconds / (per_example * args.global_batch_size)))
+        rate = probe_rate(args.out / f"probe-{s}")
+        steps[s] = steps_within(rate, args.seconds, per_example, args.global_batch_size, least=50)
         print(f"{s}: probe {rate:.0f} tokens/s → {steps[s]} steps", flush=True)
     print(f"probes done at {time.time() - t0:.0f}s", flush=True)
 

@@ -21,7 +21,8 @@ validation loss of the base and of the result on the same examples.
 
 Runs `cmc eval` on the test repositories for both (history on, 0 / 25 / 50 % typed), writes the
 side-by-side table, and keeps the candidate (verdict ``kept`` in its ledger) only if it beats the
-base on B-Norm and EM@1 at every ratio; ``--install`` then copies it over the base.
+base by the one rule for "better" (`cmc.training.evaluate.not_better`, shared with `cmc train`);
+``--install`` then copies it over the base.
 """
 
 from __future__ import annotations
@@ -29,18 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from cmc.model import read_model_meta, update_model_meta
-from cmc.spawn import python_argv
 from cmc.training.config import TrainConfig
+from cmc.training.evaluate import EVAL_RATIOS, JUDGED, not_better
+from cmc.training.recipes import launch, probe_rate, steps_within
 
-RATIOS = (0.0, 0.25, 0.5)
-JUDGED = ("B-Norm", "EM@1")
+# The trainer's flags a trip offers, with the trip's defaults.
+TRAINER_FLAGS = {"global_batch_size": 128, "micro_batch_size": 64, "lr": 5e-4,
+                 "context_loss_weight": 0.0, "eval_examples": 2000, "seed": 42}  # fmt: skip
 
 
 def ledger_of(model: str | Path) -> dict:
@@ -55,18 +57,6 @@ def unseen_packs(pack_dir: Path, prefix: str, ledger: dict) -> list[Path]:
 
     used = {sha for sha, p in ledger["packs"].items() if p.get("seen", 0) >= p["examples"]}
     return [p for p in sorted(pack_dir.glob(f"{prefix}-*{SUFFIX}")) if file_sha256(p) not in used]
-
-
-def _launch(cfg: TrainConfig, log: Path) -> int:
-    with open(log, "w") as f:
-        return subprocess.run([*python_argv("cmc.training.train"), *cfg.to_argv()], stdout=f,
-                              stderr=subprocess.STDOUT).returncode  # fmt: skip
-
-
-def _rate(run: Path) -> float:
-    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    tail = sorted(x["tokens_per_s"] for x in lines[len(lines) // 3 :])
-    return tail[len(tail) // 2]
 
 
 def validation_loss(model: Path, data: Path, examples: int, micro: int) -> float:
@@ -85,7 +75,8 @@ def validation_loss(model: Path, data: Path, examples: int, micro: int) -> float
 
 
 def train(args: argparse.Namespace) -> int:
-    from cmc.training.export import export_checkpoint, find_checkpoint
+    from cmc.training.checkpoint import find_checkpoint
+    from cmc.training.export import export_checkpoint
     from cmc.training.pack import read_pack, tokenizer_fingerprint, unpack
 
     t0 = time.time()
@@ -112,25 +103,23 @@ def train(args: argparse.Namespace) -> int:
     def config(run: Path, steps: int, warmup: int, seconds: float) -> TrainConfig:
         return TrainConfig(
             data=str(data), out=str(run), base=base, max_steps=steps, warmup_steps=warmup,
-            global_batch_size=args.global_batch_size, micro_batch_size=args.micro_batch_size,
-            lr=args.lr, min_lr_ratio=0.1, save_every=max(50, steps // 4), no_progress=True,
-            eval_examples=args.eval_examples, stop_after_seconds=seconds,
-            context_loss_weight=args.context_loss_weight, seed=args.seed,
+            min_lr_ratio=0.1, save_every=max(50, steps // 4), no_progress=True,
+            stop_after_seconds=seconds, **TrainConfig.pick(args, TRAINER_FLAGS),
         )  # fmt: skip
 
     steps = args.steps
     if not steps:
         probe = out / "probe"
         shutil.rmtree(probe, ignore_errors=True)
-        _launch(config(probe, args.probe_steps, 2, 0), out / "probe.log")
-        rate = _rate(probe)
+        launch(config(probe, args.probe_steps, 2, 0), out / "probe.log").wait()
+        rate = probe_rate(probe)
         left = args.seconds - (time.time() - t0) - args.reserve_seconds
-        steps = max(10, int(rate * left / (per_example * args.global_batch_size)))
+        steps = steps_within(rate, left, per_example, args.global_batch_size, least=10)
         print(f"[{time.time() - t0:.0f}s] probe: {rate:,.0f} tokens/s → {steps} steps", flush=True)
     run = out / "run"
     left = args.seconds - (time.time() - t0) - args.reserve_seconds
-    code = _launch(config(run, steps, max(1, min(100, steps // 20)), max(30.0, left)),
-                   out / "run.log")  # fmt: skip
+    code = launch(config(run, steps, max(1, min(100, steps // 20)), max(30.0, left)),
+                  out / "run.log").wait()  # fmt: skip
     if code != 0:
         raise SystemExit(f"training failed ({code}): see {out / 'run.log'}")
     print(f"[{time.time() - t0:.0f}s] trained", flush=True)
@@ -170,17 +159,6 @@ def train(args: argparse.Namespace) -> int:
     return 0
 
 
-def better_everywhere(base: dict, candidate: dict) -> list[str]:
-    """Where ``candidate`` does not beat ``base`` (`cmc eval` scores, history on); [] = kept."""
-    worse = []
-    for ratio in RATIOS:
-        key = f"history@{ratio:g}"
-        for metric in JUDGED:
-            if candidate["scores"][key][metric] <= base["scores"][key][metric]:
-                worse.append(f"{metric} at {int(ratio * 100)}%")
-    return worse
-
-
 def judge(args: argparse.Namespace) -> int:
     from cmc.decoding import DecodeSettings
     from cmc.training.evaluate import run_eval
@@ -188,15 +166,15 @@ def judge(args: argparse.Namespace) -> int:
     settings = DecodeSettings(num_beams=5, max_new_tokens=15)
     results = {}
     for name, model in (("base", args.base), ("candidate", args.candidate)):
-        results[name] = run_eval(str(args.data), str(model), list(RATIOS), [True], args.limit,
+        results[name] = run_eval(str(args.data), str(model), list(EVAL_RATIOS), [True], args.limit,
                                  args.out / name, settings=settings, resume=True)  # fmt: skip
     rows = ["| typed | base B-Norm / EM@1 | candidate B-Norm / EM@1 |", "|---|---|---|"]
-    for ratio in RATIOS:
+    for ratio in EVAL_RATIOS:
         key = f"history@{ratio:g}"
         b, c = results["base"]["scores"][key], results["candidate"]["scores"][key]
         rows.append(f"| {int(ratio * 100)}% | {b['B-Norm']:.2f} / {b['EM@1']:.1f} | "
                     f"{c['B-Norm']:.2f} / {c['EM@1']:.1f} |")  # fmt: skip
-    worse = better_everywhere(results["base"], results["candidate"])
+    worse = not_better(results["candidate"]["scores"], results["base"]["scores"])
     verdict = "kept" if not worse else "rejected: not better in " + ", ".join(worse)
     table = "\n".join(rows) + f"\n\n{args.limit or 'all'} test commits, history on; {verdict}\n"
     (args.out / "table.md").write_text(table)
@@ -206,7 +184,7 @@ def judge(args: argparse.Namespace) -> int:
         meta["ledger"]["trips"][-1]["verdict"] = verdict
         meta["ledger"]["trips"][-1]["test"] = {
             k: {m: round(results["candidate"]["scores"][f"history@{r:g}"][m], 2) for m in JUDGED}
-            for r in RATIOS
+            for r in EVAL_RATIOS
             for k in [f"{int(r * 100)}%"]
         }
         update_model_meta(args.candidate, ledger=meta["ledger"])
@@ -232,12 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--reserve-seconds", type=float, default=60, help="kept for export and checks")
     t.add_argument("--steps", type=int, default=0, help="skip the probe: train this many steps")
     t.add_argument("--probe-steps", type=int, default=20, help="steps of the throughput probe")
-    t.add_argument("--global-batch-size", type=int, default=128, help="examples per step")
-    t.add_argument("--micro-batch-size", type=int, default=64, help="examples per forward pass")
-    t.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (fresh optimizer)")
-    t.add_argument("--context-loss-weight", type=float, default=0.0, help="see cmc.training.train")
-    t.add_argument("--eval-examples", type=int, default=2000, help="validation examples scored")
-    t.add_argument("--seed", type=int, default=42, help="seed of the sample order")
+    TrainConfig.add_arguments(t, TRAINER_FLAGS)
     j = sub.add_parser("judge", help="here: test-repository scores of base and candidate")
     j.add_argument("--base", required=True, help="the model the candidate must beat")
     j.add_argument("--candidate", required=True, help="the trip's OUT/model")
