@@ -190,17 +190,47 @@ def test_bundled_model_candidates_equal_on_real_prompts():
 
 
 @pytest.mark.slow
-def test_int8_products_keep_most_candidates_of_float32():
-    """int8 weights change some words, so this pins the measured agreement rather than equality:
-    17 of these 24 best candidates equal float32's (and 635 of 900 on held-out commits, with the
-    same scores: README, "Precision"). A broken quantization (scales, layout) agrees on none."""
-    exact, _ = both(str(BUNDLED_MODEL))
+def test_int8_products_keep_float32s_next_tokens():
+    """int8 products change some words, and which ones depends on the CPU's int8 kernels (x86
+    without VNNI quantizes weights to 7 bits; suggestions can differ slightly between CPUs). What
+    does not: on 48 real prompts, teacher-forced through three messages (336 positions), the most
+    likely next token agrees with float32's (measured 97.6% on an AVX2-only CPU, the 7-bit case;
+    8 bits only come closer) and the logits correlate (min 0.9991 there). A broken quantization
+    (scales, layout) fails both."""
+    from cmc.model import read_budget
+    from cmc.runtime.llama import NumpyLlama
+
+    f32 = NumpyLlama(str(BUNDLED_MODEL), "float32", "onnxruntime")
+    i8 = NumpyLlama(str(BUNDLED_MODEL), "int8", "onnxruntime")
+    tok, budget = LeanTokenizer(BUNDLED_MODEL), read_budget(BUNDLED_MODEL)
+    history = ["Add the daemon's socket checks", "Fix the hook on a detached HEAD"]
+    messages = ["Add the runtime's int8 products", "Fix the parser on empty files",
+                "Remove the old client"]  # fmt: skip
+    agree, total, correlations = 0, 0, []
+    for diff in real_diffs(16):
+        for message in messages:
+            prompt = build_prompt(tok, diff, history, message, finished=True, budget=budget)
+            ids, start = prompt.input_ids, prompt.message_start
+            (sa, la), (sb, lb) = f32.prefill(None, ids[:start]), i8.prefill(None, ids[:start])
+            for token in ids[start:]:
+                agree += int(np.argmax(la) == np.argmax(lb))
+                total += 1
+                correlations.append(np.corrcoef(la, lb)[0, 1])
+                (sa, la), (sb, lb) = f32.prefill(sa, [token]), i8.prefill(sb, [token])
+    assert total > 300
+    assert agree / total >= 0.93, (agree, total)
+    assert min(correlations) >= 0.995, min(correlations)
+
+
+@pytest.mark.slow
+def test_int8_candidates_keep_the_typed_text():
     fast, _ = both(str(BUNDLED_MODEL), "int8", "onnxruntime")
-    a, b = real_prompt_candidates(exact), real_prompt_candidates(fast)
-    same_best = sum(x[0].message == y[0].message for x, y in zip(a, b, strict=True))
-    assert same_best >= 13, same_best
     typed = ["", "Add the", "Fix ha"] * 8
-    assert all(c.message.startswith(t) for t, cands in zip(typed, b, strict=True) for c in cands)
+    found = real_prompt_candidates(fast)
+    assert all(
+        c.message.startswith(t) for t, cands in zip(typed, found, strict=True) for c in cands
+    )
+    assert all(found)
 
 
 def tiny_gpt2(path: Path) -> Path:

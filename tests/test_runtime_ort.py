@@ -136,14 +136,17 @@ def test_a_layer_tail_in_one_graph_equals_numpy(bias):
         assert np.abs(got - want).max() / np.abs(want).max() < 0.03
 
 
-def test_quantized_rows_reconstruct_their_matrix():
+@pytest.mark.parametrize("levels", [127, 63])  # 8 bits, or 7 where the CPU lacks VNNI
+def test_quantized_rows_reconstruct_their_matrix(levels):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((32, 64)).astype(np.float32) * np.linspace(0.01, 3, 32)[:, None]
     w[5] = 0.0  # an all-zero output keeps a usable scale
     w[7, 3] = -50.0  # the largest magnitude negative: still within the levels
-    q, scale = quantize_rows(w, levels=127)
+    q, scale = quantize_rows(w, levels=levels)
     assert q.shape == (32, 64) and q.dtype == np.int8
-    assert np.abs(q).max() == 127 and q[7, 3] == -127
+    assert np.abs(q).max() == levels and q[7, 3] == -levels
+    nonzero = [r for r in range(32) if r != 5]
+    assert np.all(np.abs(q[nonzero]).max(axis=1) == levels)  # one scale per output, symmetric
     np.testing.assert_array_equal(q[5], 0)
     err = np.abs(q * scale[:, None] - w)
     assert np.all(err <= scale[:, None] / 2 + 1e-6)
