@@ -1,4 +1,4 @@
-"""The README's editor set-ups, run in the real editors where they are installed."""
+"""The editor set-ups of docs/editors.md, run in the real editors where they are installed."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ finish(table.concat(items, "\\n"))
 
 
 def readme_block(after: str) -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "editors.md").read_text()
     start = text.index(after)
     return re.search(r"```lua\n(.*?)```", text[start:], re.S).group(1)
 

@@ -197,3 +197,18 @@ def test_boolean_variables_take_every_spelling(monkeypatch):
     for value, enabled in (("0", False), ("false", False), ("off", False), ("1", True), ("", True)):
         monkeypatch.setenv("CMC_PREFETCH", value)
         assert prefetch_enabled() is enabled, value
+
+
+def test_the_readme_is_short_and_its_links_and_commands_hold():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 200
+    for link in re.findall(r"\]\(([^)#:]+)\)", text):
+        assert (ROOT / link).exists(), link
+    blocks = re.findall(r"```sh\n(.*?)```", text, re.S)
+    setup, tests = blocks[0].strip(), blocks[1].strip()
+    assert setup.startswith("python3 -m venv .venv") and "cmc hook install" in setup
+    ci = (ROOT / ".ci" / "run").read_text().replace(" -q ", " ")  # CI installs quietly
+    for step in tests.split("&&")[1:]:  # CI runs each step of the README's test command
+        assert step.strip() in ci, step
