@@ -15,10 +15,8 @@ import json
 import os
 import re
 import subprocess
-import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -26,13 +24,11 @@ from pathlib import Path
 
 from cmc import CmcError
 from cmc.diffs import parse_patch_text
+from cmc.gitlog import MAX_COMMIT_BYTES, GitLogError, LoggedCommit, log_commits
 
 MAX_CHANGED_LINES = 10_000
 MAX_FILE_CHARS = 64_000
-MAX_COMMIT_BYTES = 64 << 20  # a commit printing more than this is skipped unread
 SHARD_ROWS = 2_000
-_MARK = "\x00\x01cmc-commit\x00"
-_FORMAT = "%x00%x01cmc-commit%x00%H%x00%an%x00%ae%x00%at%x00%B%x00%x01cmc-end"
 
 LANGUAGES = {
     ".c": "C", ".h": "C", ".cs": "C#", ".cpp": "C++", ".cc": "C++", ".cxx": "C++", ".hpp": "C++",
@@ -143,74 +139,12 @@ def detect_license(repo: _Repo) -> str:
     return "unknown"
 
 
-def _read_ahead(stream, chunk: int = 1 << 20, depth: int = 32) -> Iterator[bytes]:
-    """Chunks of ``stream`` read by a thread, so git never waits on a full pipe while we parse."""
-    import queue
-    import threading
-
-    q: queue.Queue = queue.Queue(maxsize=depth)
-
-    def pump() -> None:
-        try:
-            while data := stream.read(chunk):
-                q.put(data)
-        finally:
-            q.put(b"")
-
-    threading.Thread(target=pump, daemon=True).start()
-    while data := q.get():
-        yield data
-
-
-def _commits(stream, max_bytes: int = MAX_COMMIT_BYTES) -> Iterator[tuple[list[str], str | None]]:
-    """Split ``git log -p`` output into (header fields, patch text) per commit, reading big chunks.
-
-    A commit whose output passes ``max_bytes`` is not held in memory: its patch comes back as None.
-    """
-    mark = _MARK.encode()
-    buf = b""
-    current: bytearray | None = None
-    oversize = False
-
-    def finish(block: bytes | bytearray, too_big: bool):
-        end = block.find(b"\x01cmc-end")
-        header = bytes(block[:end]).decode("utf-8", "replace").split("\x00")
-        return header, None if too_big else bytes(block[end + len(b"\x01cmc-end") :]).decode(
-            "utf-8", "replace"
-        )
-
-    for chunk in _read_ahead(stream):
-        buf += chunk
-        pos = 0
-        while True:
-            at = buf.find(mark, pos)
-            if at < 0:
-                keep = max(pos, len(buf) - (len(mark) - 1))  # a mark may straddle two chunks
-                if current is not None and not oversize:
-                    current += buf[pos:keep]
-                    oversize = len(current) > max_bytes
-                    if oversize:
-                        current = bytearray(current[: current.find(b"\x01cmc-end") + 16])
-                buf = buf[keep:]
-                break
-            if current is not None:
-                if not oversize:
-                    current += buf[pos:at]
-                yield finish(current, oversize or len(current) > max_bytes)
-            current, oversize, pos = bytearray(), False, at + len(mark)
-    if current is not None:
-        if not oversize:
-            current += buf
-        yield finish(current, oversize or len(current) > max_bytes)
-
-
 def changed_lines(patch: str) -> int:
     """Added plus removed lines of a patch (file header lines excluded)."""
     return patch.count("\n+") + patch.count("\n-") - patch.count("\n+++ ") - patch.count("\n--- ")
 
 
 DONE = "_done.json"  # written last into a repository's folder: its mining is complete
-_MISSING = ("unable to read", "bad object", "missing blob", "could not read", "is corrupt")
 
 
 def target_dir(out: str | Path, name: str) -> Path:
@@ -258,11 +192,6 @@ def mine_repository(
     if listed.returncode != 0:
         raise CmcError(f"{path}: git rev-list failed: {listed.stderr.strip().splitlines()[-1:]}")
     commits = listed.stdout.split()[::-1]  # oldest first
-    position = {sha: i for i, sha in enumerate(commits)}
-
-    args = ["git", "-c", "core.quotePath=false", "log", "--no-walk=unsorted", "--stdin", "-p", "-M",
-            "--no-color", "--no-ext-diff", "--no-textconv", "--submodule=short", "--src-prefix=a/",
-            "--dst-prefix=b/", f"--format={_FORMAT}"]  # fmt: skip
     authors: dict[tuple[str, str], int] = {}
     rows: list[dict] = []
 
@@ -277,41 +206,37 @@ def mine_repository(
             stats.shards.append(str(shard))
             rows.clear()
 
-    def take(header: list[str], patch: str | None) -> None:
-        if len(header) < 5:
-            stats.skipped["unparsable header"] += 1
-            return
-        sha, a_name, a_email, ts, message = header[:5]
-        if sha in shallow:
+    def take(c: LoggedCommit) -> None:
+        if c.sha in shallow:
             stats.skipped["shallow boundary"] += 1
             return
-        if patch is None:
+        if c.patch is None:
             stats.skipped[f"over {MAX_COMMIT_BYTES >> 20} MB of diff"] += 1
             return
-        if changed_lines(patch) > MAX_CHANGED_LINES:
+        if changed_lines(c.patch) > MAX_CHANGED_LINES:
             stats.skipped[f"over {MAX_CHANGED_LINES} changed lines"] += 1
             return
-        mods = [m.as_row() for m in parse_patch_text(patch, MAX_FILE_CHARS)]
+        mods = [m.as_row() for m in parse_patch_text(c.patch, MAX_FILE_CHARS)]
         if not mods:
             stats.skipped["no file changes"] += 1
             return
-        if "\ufffd" in message:
+        if "\ufffd" in c.message:
             stats.skipped["message not UTF-8 (kept, replaced)"] += 1
-        email_sha = hashlib.sha1(a_email.strip().lower().encode()).hexdigest()
+        email_sha = hashlib.sha1(c.author_email.strip().lower().encode()).hexdigest()
         rows.append(
             {
-                "author": authors.setdefault((a_name, email_sha), len(authors)),
-                "author_name": a_name,
+                "author": authors.setdefault((c.author_name, email_sha), len(authors)),
+                "author_name": c.author_name,
                 "author_email_sha1": email_sha,
-                "date": time.strftime("%d.%m.%Y %H:%M:%S", time.gmtime(int(ts))),
+                "date": time.strftime("%d.%m.%Y %H:%M:%S", time.gmtime(c.time)),
                 "timezone": 0,
-                "hash": sha,
-                "message": message.rstrip("\n"),
+                "hash": c.sha,
+                "message": c.message.rstrip("\n"),
                 "mods": mods,
                 "language": language,
                 "license": license_,
                 "repo": name,
-                "original_message": message.rstrip("\n"),
+                "original_message": c.message.rstrip("\n"),
             }
         )
         stats.commits += 1
@@ -319,37 +244,14 @@ def mine_repository(
             flush()
 
     bar = tqdm(total=len(commits), desc=f"mine {name}", unit="commit", disable=not progress)
-    begin, proc = 0, None
     try:
-        while begin < len(commits):
-            proc = subprocess.Popen(args, cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, bufsize=1 << 20)  # fmt: skip
-            feed = "".join(sha + "\n" for sha in commits[begin:]).encode()
-            threading.Thread(target=_feed, args=(proc.stdin, feed), daemon=True).start()
-            # Each commit is taken once the next one starts (or git ends well): when git dies on
-            # a commit, its output may be cut short, and that commit is the one skipped.
-            last: tuple[list[str], str | None] | None = None
-            for header, patch in _commits(proc.stdout):
-                if last is not None:
-                    take(*last)
-                    bar.update(1)
-                last = (header, patch)
-            err = proc.stderr.read().decode(errors="replace").strip()
-            proc.wait()
-            if proc.returncode == 0:
-                if last is not None:
-                    take(*last)
-                    bar.update(1)
-                break
-            if not any(word in err.lower() for word in _MISSING):
-                raise CmcError(f"{path}: git log failed: {(err.splitlines() or ['?'])[-1]}")
-            failed = position.get(last[0][0], begin) if last is not None and last[0] else begin
-            stats.skipped["missing object (snapshot)"] += 1
+        for commit in log_commits(cwd, commits, skipped=stats.skipped):
+            take(commit)
             bar.update(1)
-            begin = max(failed, begin) + 1
+        bar.update(len(commits) - bar.n)  # the commits git could not show
+    except GitLogError as exc:
+        raise CmcError(f"{path}: git log failed: {exc}") from exc
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
         flush()
         writer.shutdown(wait=True)
         for job in pending:
@@ -361,14 +263,6 @@ def mine_repository(
     tmp.write_text(json.dumps(done))
     os.replace(tmp, target / DONE)
     return stats
-
-
-def _feed(pipe, data: bytes) -> None:
-    try:
-        pipe.write(data)
-        pipe.close()
-    except (BrokenPipeError, OSError):
-        pass  # git died early: its error says why
 
 
 def find_repo(spec: str, root: str | Path | None) -> Path | None:
