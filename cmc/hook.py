@@ -49,6 +49,9 @@ def _git(repo: str | Path, *args: str) -> str:
 
 def hooks_dir(repo: str | Path = ".") -> Path:
     """The folder git runs hooks from (honours core.hooksPath and worktrees)."""
+    from cmc.gitctx import GitRepo
+
+    GitRepo(repo)  # outside a repository: the same one line as every other command says
     path = Path(_git(repo, "rev-parse", "--git-path", "hooks"))
     return path if path.is_absolute() else (Path(repo) / path).resolve()
 

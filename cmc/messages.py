@@ -46,6 +46,9 @@ _TRAILER = re.compile(
 _CHERRY = re.compile(r"^\s*\(cherry picked from commit [0-9a-f]+\)\s*$", re.IGNORECASE | re.M)
 _EMAIL = re.compile(r"<?[\w.+-]+@[\w-]+(?:\.[\w-]+)+>?")
 _URL = re.compile(r"(?:https?|ftp|ssh|git)://\S+|www\.\S+", re.IGNORECASE)
+# A markdown link or image: its text stays, the link syntax and the address go.
+# (The address must look like one, with a slash or an anchor: `array[i](x)` in code stays.)
+_MD_LINK = re.compile(r"!?\[([^\]\n]*)\]\((?=[^()\s]*[/#])(?:[^()\s]|\([^()\s]*\))*\)")
 _ISSUE = re.compile(
     r"(?<![\w/])(?:(?:GH|gh)-\d+|[A-Z][A-Z0-9]{1,9}-\d+|[\w.-]+/[\w.-]+#\d+|#\d+)\b"
 )
@@ -94,6 +97,7 @@ def clean_message(message: str) -> str:
     text = _HTML_COMMENT.sub("", _CI_SWITCH.sub("", text))
     text = _TRAILER.sub("", text)
     text = _CHERRY.sub("", text)
+    text = _MD_LINK.sub(r"\1", text)
     text = _URL.sub("", text)
     text = _EMAIL.sub("", text)
     text = _ISSUE.sub("", text)

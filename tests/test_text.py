@@ -25,6 +25,13 @@ from cmc.prompt import DIFF, FILES, HISTORY, MSG, SEP, Budget, build_prompt, spl
             "Fix lock\n\nIt leaked.",
         ),
         ("## Release 2.0", "## Release 2.0"),  # a subject stays, whatever it looks like
+        # A markdown link keeps its text, not `](` where the address was (dependabot's bumps).
+        (
+            "Bumps [github/codeql-action](https://github.com/github/codeql-action) from 4.35.1 to 4.35.2.",
+            "Bumps github/codeql-action from 4.35.1 to 4.35.2.",
+        ),
+        ("See [the guide](docs/guide.md#proxy) first", "See the guide first"),
+        ("Index with array[i](x) in the loop", "Index with array[i](x) in the loop"),  # code stays
     ],
 )
 def test_clean_message(raw: str, clean: str):

@@ -32,7 +32,12 @@ def test_extension_tests_pass_and_it_packages_as_a_vsix(tmp_path):
     assert packaged.returncode == 0, packaged.stdout[-2000:] + packaged.stderr[-2000:]
     vsix = EXT / "cmc-commit-messages.vsix"
     assert vsix.stat().st_size > 1000
+    import zipfile
+
+    names = set(zipfile.ZipFile(vsix).namelist())
     vsix.unlink()
+    assert {"extension/readme.md", "extension/LICENSE.txt", "extension/out/extension.js"} <= names
+    assert not any(n.endswith((".gitignore", ".ts", "package-lock.json")) for n in names), names
 
 
 def test_complete_answers_nothing_where_cmc_is_off(repo: Path):
