@@ -43,6 +43,12 @@ def row_problem(row: Any) -> str | None:
                     return f"mods[{i}].{key} must be a string"
     elif not isinstance(diff, str):
         return "diff must be a string"
+    repository = row.get("repository")
+    if repository is not None:
+        if not isinstance(repository, str) or not repository:
+            return "repository must be the path of a local clone"
+        if not isinstance(row.get("hash"), str) or not row["hash"]:
+            return "a row with a repository needs the hash of its commit"
     for key in ("history", "file_history"):
         value = row.get(key)
         if value is not None and (

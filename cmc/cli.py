@@ -243,7 +243,14 @@ def hook_uninstall(repo):
     """Remove cmc's hook and restore the one it replaced."""
     from cmc import hook as hook_mod
 
-    _echo_status(hook_mod.uninstall(repo))
+    before = hook_mod.hook_status(repo)
+    after = hook_mod.uninstall(repo)
+    if before.installed:
+        click.echo(f"hook: removed from {after.hook_path}")
+        if before.chained is not None and after.foreign:
+            click.echo(f"restored: the hook it had replaced, at {after.hook_path}")
+    else:
+        _echo_status(after)
 
 
 @hook.command("status")
@@ -264,6 +271,7 @@ def hook_status(repo):
 
         click.echo(f"runtime: {runtime_for(settings.model)}")
     click.echo(f"timeout: {settings.timeout:g}s")
+    click.echo(_memory_line(git_repo) if settings.memory else "memory: off (cmc.memory false)")
 
 
 @hook.command("run", hidden=True)
@@ -279,6 +287,73 @@ def hook_run(message_file, source, sha):
     from cmc import hook as hook_mod
 
     sys.exit(hook_mod.run_from_args(message_file, source, sha))
+
+
+@main.group()
+def memory() -> None:
+    """The repository's memory: its earlier commits, which suggestions draw on."""
+
+
+def _memory_line(git_repo) -> str:
+    from cmc import memory as mem
+
+    path = mem.memory_path(git_repo.common_dir)
+    found = mem.Memory.load(path) if path.exists() else None
+    if found is None:
+        return "memory: none yet (the daemon builds it in the background; or `cmc memory build`)"
+    head = git_repo.head_commit()
+    state = (
+        "up to date" if found.meta.get("tip") == head else "behind HEAD (updated in the background)"
+    )
+    size = path.stat().st_size / 1e6
+    return f"memory: {len(found)} commits, {size:.1f} MB, {state}"
+
+
+@memory.command("build")
+@click.option("--repo", default=".", show_default=True, help="The repository (any folder in it).")
+@click.option(
+    "--limit",
+    default=None,
+    type=click.IntRange(1),
+    help="Newest commits kept (default 20000).",
+)
+@click.option(
+    "--seconds",
+    default=None,
+    type=click.FloatRange(1),
+    help="Stop after this long (what is done is kept; run again to go on).",
+)
+def memory_build(repo, limit, seconds):
+    """Build or bring up to date the memory (only new commits are read)."""
+    import time
+
+    from cmc import memory as mem
+    from cmc.gitctx import GitRepo
+
+    git_repo = GitRepo(repo)
+    deadline = time.monotonic() + seconds if seconds else None
+    stats = mem.update(git_repo.cwd, git_repo.common_dir, limit or mem.DEFAULT_LIMIT, deadline)
+    click.echo(stats.line())
+
+
+@memory.command("status")
+@click.option("--repo", default=".", show_default=True, help="The repository (any folder in it).")
+def memory_status(repo):
+    """How many commits the memory holds and whether it is up to date."""
+    from cmc.gitctx import GitRepo
+
+    click.echo(_memory_line(GitRepo(repo)))
+
+
+@memory.command("clear")
+@click.option("--repo", default=".", show_default=True, help="The repository (any folder in it).")
+def memory_clear(repo):
+    """Delete the memory (`git config cmc.memory false` keeps it from coming back)."""
+    from cmc import memory as mem
+    from cmc.gitctx import GitRepo
+
+    removed = mem.clear(GitRepo(repo).common_dir)
+    click.echo("memory: cleared" if removed else "memory: there was none")
 
 
 @main.command()

@@ -24,6 +24,7 @@ class Context:
     diff: str  # processed diff text
     history: list[str] = field(default_factory=list)  # oldest → newest, cleaned
     file_history: list[str] = field(default_factory=list)  # same files, any author; oldest → newest
+    recall: Any = None  # cmc.memory.Recall: the repository's earlier commits most like this change
 
 
 @dataclass
@@ -71,7 +72,21 @@ def context_from_repo(
     files = repo.file_history(mods) if file_history and settings.history else []
     from cmc.diffs import process_diff
 
-    return Context(process_diff(mods), history, files)
+    return Context(process_diff(mods), history, files, repo_recall(repo, settings, mods))
+
+
+def repo_recall(repo: Any, settings: Any, mods: list) -> Any:
+    """What the repository's memory holds for the staged change (None without a memory, or with
+    ``cmc.memory false`` or ``cmc.history false``)."""
+    if not (settings.history and settings.memory) or not any(m.diff or m.path for m in mods):
+        return None
+    from cmc import memory
+
+    found = memory.load_cached(repo.common_dir)
+    if found is None or not len(found):
+        return None
+    return memory.recall(found, memory.diff_features(mods), None,
+                         memory.email_key(settings.author_email))  # fmt: skip
 
 
 def wants_file_history(lm: Any) -> bool:
@@ -91,8 +106,10 @@ def writes_bodies(history: list[str]) -> bool:
     return bool(recent) and sum("\n" in m.strip() for m in recent) >= BODY_SHARE * len(recent)
 
 
-def context_from_row(row: dict, use_history: bool = True) -> Context:
-    """A CommitChronicle-schema row: ``mods`` (raw hunks or processed) or ``diff``, ``history``."""
+def context_from_row(row: dict, use_history: bool = True, memories: Any = None) -> Context:
+    """A CommitChronicle-schema row: ``mods`` (raw hunks or processed) or ``diff``, ``history``;
+    with ``memories`` (`cmc.memory.RowMemories`) and the row's ``repository`` and ``hash``, the
+    recall of that repository's memory as of the commit's parent."""
     from cmc.diffs import process_diff
     from cmc.messages import history_message
 
@@ -101,7 +118,8 @@ def context_from_row(row: dict, use_history: bool = True) -> Context:
     def cleaned(messages: Any) -> list[str]:
         return [c for c in map(history_message, messages or []) if c] if use_history else []
 
-    return Context(diff, cleaned(row.get("history")), cleaned(row.get("file_history")))
+    recall = memories.recall_for(row) if memories is not None and use_history else None
+    return Context(diff, cleaned(row.get("history")), cleaned(row.get("file_history")), recall)
 
 
 def complete_context(
@@ -132,16 +150,31 @@ def complete_context(
     candidates = generate_candidates(
         lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled
     )
+    if context.recall is not None:
+        from cmc.recalled import candidates as recalled_candidates
+        from cmc.recalled import choose
+
+        offered = recalled_candidates(context.recall, typed)
+        if settings.stop_at_newline:  # one line at a time: the rest of the typed line only
+            offered = [r for r in offered if "\n" not in r.continuation.rstrip()]
+        candidates = choose(candidates, offered, typed, context.history, settings.num_candidates)
     return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
 
 
 def complete_rows(
     lm: Any, rows: Iterable[dict], use_history: bool = True, settings: DecodeSettings | None = None
 ) -> Iterable[dict]:
-    """``cmc complete --batch``: one output record per input row (see the README for the schema)."""
+    """``cmc complete --batch``: one output record per input row (see docs/hooks.md for the
+    schema). A row with ``repository`` (a local clone) and ``hash`` also draws on that
+    repository's memory as of the commit's parent."""
+    memories = None
     for i, row in enumerate(rows):
         typed = row.get("prefix") or ""
-        result = complete_context(lm, context_from_row(row, use_history), typed, settings)
+        if row.get("repository") and memories is None:
+            from cmc.memory import RowMemories
+
+            memories = RowMemories()
+        result = complete_context(lm, context_from_row(row, use_history, memories), typed, settings)
         best = result.candidates[0].continuation if result.candidates else ""
         yield {
             "id": row.get("id", row.get("hash", i)),

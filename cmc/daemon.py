@@ -15,6 +15,7 @@ import os
 import select
 import socket
 import socketserver
+import subprocess
 import sys
 import threading
 import time
@@ -119,12 +120,78 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 print(f"{time.strftime('%F %T')} prefetch failed: {one_line(exc)}",
                       file=sys.stderr, flush=True)  # fmt: skip
 
+    def memory_loop(self, every: float = 5.0, retry_s: float = 120.0) -> None:
+        """Keep the memories of the repositories it served up to date (missing, or built for
+        another HEAD): one `cmc memory build` at a time, in a child at the lowest CPU and I/O
+        priority, never on a request's path. A build that failed is retried after ``retry_s``.
+        Not activity: it never keeps an idle daemon alive."""
+        builder: subprocess.Popen | None = None
+        building = ""
+        failed: dict[str, float] = {}
+        while True:
+            time.sleep(every)
+            if builder is not None:
+                if builder.poll() is None:
+                    continue
+                if builder.returncode != 0:
+                    failed[building] = time.monotonic()
+                builder = None
+            try:
+                behind = self.service.memories_behind()
+            except Exception as exc:
+                print(f"{time.strftime('%F %T')} memory check failed: {one_line(exc)}",
+                      file=sys.stderr, flush=True)  # fmt: skip
+                continue
+            for path in behind:
+                if time.monotonic() - failed.get(path, -retry_s) < retry_s:
+                    continue
+                building = path
+                builder = start_memory_build(path, self.path.parent)
+                break
+
     def watch_idle(self) -> None:
         while True:
             time.sleep(min(5.0, self.idle_timeout / 4))
             if time.monotonic() - self.last_activity > self.idle_timeout:
                 self.shutdown()
                 return
+
+
+def lowest_priority() -> None:
+    """In a child, before it runs: the lowest CPU priority, and idle I/O priority (Linux)."""
+    try:
+        os.nice(19)
+    except OSError:
+        pass
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import platform
+
+        number = {"x86_64": 251, "aarch64": 30}.get(platform.machine())  # ioprio_set
+        if number is not None:
+            try:  # IOPRIO_WHO_PROCESS, this process, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
+                ctypes.CDLL(None, use_errno=True).syscall(number, 1, 0, 3 << 13)
+            except (OSError, AttributeError):
+                pass
+
+
+MEMORY_BUILD_SECONDS = 600  # one background build's share; the next one goes on from there
+
+
+def start_memory_build(repo: str, folder: Path) -> subprocess.Popen | None:
+    """`cmc memory build` for ``repo`` in a child at the lowest priority (its lines go to the
+    daemon's log)."""
+    from cmc.spawn import python_argv, safe_env
+
+    argv = python_argv("cmc.cli", "memory", "build", "--repo", repo,
+                       "--seconds", str(MEMORY_BUILD_SECONDS))  # fmt: skip
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, cwd=folder, env=safe_env(),
+                                preexec_fn=lowest_priority)  # fmt: skip
+    except OSError as exc:
+        print(f"{time.strftime('%F %T')} memory build not started: {exc}", file=sys.stderr,
+              flush=True)  # fmt: skip
+        return None
 
 
 def _warm_up(server: DaemonServer) -> None:
@@ -156,6 +223,7 @@ def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int
     server = DaemonServer(path, idle_timeout)
     threading.Thread(target=server.watch_idle, daemon=True).start()
     threading.Thread(target=_warm_up, args=(server,), daemon=True).start()
+    threading.Thread(target=server.memory_loop, daemon=True).start()
     if prefetch_enabled():
         threading.Thread(target=server.prefetch_loop, daemon=True).start()
     print(f"cmc {__version__} serving on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)

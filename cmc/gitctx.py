@@ -312,6 +312,12 @@ class GitRepo:
                     break
         return found[::-1]
 
+    def head_commit(self) -> str | None:
+        """HEAD's commit id (None before the first commit)."""
+        if not self.has_head():
+            return None
+        return self._git("rev-parse", "HEAD")
+
     def commit_count(self) -> int:
         if not self.has_head():
             return 0
@@ -337,8 +343,8 @@ class GitRepo:
         return [line for line in out.split("\n") if line.strip()]
 
     def index_state(self) -> tuple:
-        """A fingerprint of what the staged diff and history depend on, from ``stat`` and two
-        small reads (no git process): the index, HEAD and the branch HEAD names."""
+        """A fingerprint of what the staged diff and history depend on, from ``stat`` and small
+        reads (no git process): the index, HEAD and the commit it names."""
         parts: list = []
         for name in ("index", "HEAD"):
             try:
@@ -346,21 +352,33 @@ class GitRepo:
                 parts.append((st.st_mtime_ns, st.st_size))
             except OSError:
                 parts.append(None)
+        parts.append(self.head_from_files())
+        return tuple(parts)
+
+    def head_from_files(self) -> str | None:
+        """HEAD's commit id read from git's files (loose ref, else packed-refs), without a git
+        process; the ref's name when it names no commit yet, None when HEAD is unreadable."""
         try:
             head = (self.git_dir / "HEAD").read_text().strip()
-            if head.startswith("ref: "):
-                ref = head[5:]
-                for base in (self.git_dir, self.common_dir):
-                    if (base / ref).exists():
-                        parts.append((base / ref).read_text().strip())
-                        break
-                else:
-                    parts.append(ref)  # a packed ref or an unborn branch
-            else:
-                parts.append(head)
         except OSError:
-            parts.append(None)
-        return tuple(parts)
+            return None
+        if not head.startswith("ref: "):
+            return head
+        ref = head[5:]
+        for base in (self.git_dir, self.common_dir):
+            try:
+                return (base / ref).read_text().strip()
+            except OSError:
+                continue
+        try:
+            with open(self.common_dir / "packed-refs", encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    sha, _, name = line.strip().partition(" ")
+                    if name == ref:
+                        return sha
+        except OSError:
+            pass
+        return ref  # an unborn branch
 
     def state_in_progress(self) -> str | None:
         """'rebase', 'cherry-pick', 'revert' or 'merge' when git is in the middle of one."""

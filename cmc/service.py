@@ -65,6 +65,7 @@ class CompletionService:
         self.prefetched = 0  # completions computed ahead of a request (for tests and benchmarks)
         self._count = threading.Lock()
         self._replay: OrderedDict[tuple, CompleteRequest] = OrderedDict()
+        self.seen: dict[str, bool] = {}  # repositories served, and whether they use a memory
 
     def complete(self, request: CompleteRequest, cancelled: Any = None) -> tuple[Completion, int]:
         """Completion for a repository's staged change, and how many prompt tokens were reused
@@ -93,10 +94,13 @@ class CompletionService:
                 self.waiting -= 1
 
     def _entry(self, repo: Any, settings: Any, lm: Any) -> tuple[tuple, _RepoEntry]:
+        from cmc import memory
         from cmc.decoding.beam import PromptCache
 
         key = (str(repo.git_dir), settings)
-        state = repo.index_state()
+        self.seen[str(repo.cwd)] = settings.memory and settings.history
+        # The memory's file too: a build finished in the background changes what is recalled.
+        state = (repo.index_state(), memory.stamp(repo.common_dir) if settings.memory else None)
         entry = self.repos.get(key)
         if entry is None or entry.state != state:
             context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
@@ -154,7 +158,7 @@ class CompletionService:
             if entry is None:
                 continue
             try:
-                if entry.state == repo_at(request.repo).index_state():
+                if entry.state[0] == repo_at(request.repo).index_state():
                     continue
             except Exception:  # a repository that went away: its request is not replayed
                 self._replay.pop(key, None)
@@ -172,3 +176,17 @@ class CompletionService:
             finally:
                 self.lock.release()
         return done
+
+    def memories_behind(self) -> list[str]:
+        """Repositories served (with ``cmc.memory`` on) whose memory is missing or behind HEAD."""
+        from cmc import memory
+        from cmc.gitctx import repo_at
+
+        behind = []
+        for path, wanted in list(self.seen.items()):
+            try:
+                if wanted and memory.behind(repo_at(path)):
+                    behind.append(path)
+            except Exception:  # a repository that went away
+                self.seen.pop(path, None)
+        return behind

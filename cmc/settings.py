@@ -237,6 +237,7 @@ class Settings:
     exclude: tuple[str, ...] = field(default_factory=tuple)  # cmc.exclude patterns
     author_name: str | None = None
     author_email: str | None = None
+    memory: bool = True  # the repository's memory: built in the background, used (cmc.memory)
     ticket: bool = True  # start an empty message with the branch's ticket (cmc.ticket)
     ticket_pattern: str = DEFAULT_TICKET_PATTERN
 
@@ -261,6 +262,7 @@ class Settings:
             enabled=cfg.boolean("cmc.enabled", True) and not disabled_by_env(),
             history=cfg.boolean("cmc.history", True) if history is None else history,
             daemon=cfg.boolean("cmc.daemon", True),
+            memory=cfg.boolean("cmc.memory", True),
             timeout=cfg.number("cmc.timeout", DEFAULT_TIMEOUT_S, 0.001),
             candidates=int(cfg.number("cmc.candidates", DEFAULT_CANDIDATES, 1, integer=True)),
             sources=_sources(cfg.get("cmc.sources")),
@@ -278,6 +280,7 @@ class Settings:
         return {
             "model": self.model,
             "history": self.history,
+            "memory": self.memory,
             "exclude": list(self.exclude),
             "author_name": self.author_name,
             "author_email": self.author_email,
@@ -293,12 +296,15 @@ class Settings:
             raise ValueError("settings.model must be a model path or hub id")
         if not isinstance(history, bool):
             raise ValueError("settings.history must be true or false")
+        memory = data.get("memory", True)
+        if not isinstance(memory, bool):
+            raise ValueError("settings.memory must be true or false")
         if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
             raise ValueError("settings.exclude must be a list of glob patterns")
         author = [data.get("author_name"), data.get("author_email")]
         if not all(a is None or isinstance(a, str) for a in author):
             raise ValueError("settings.author_name and author_email must be strings")
-        return cls(model=model, history=history, exclude=tuple(exclude),
+        return cls(model=model, history=history, memory=memory, exclude=tuple(exclude),
                    author_name=author[0], author_email=author[1])  # fmt: skip
 
 

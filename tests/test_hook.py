@@ -126,6 +126,28 @@ def test_chained_hook_failure_is_honoured(repo: Path):
     assert git(repo, "rev-parse", "--verify", "HEAD", check=False).returncode != 0
 
 
+def test_uninstall_says_what_it_did(repo: Path):
+    assert cmc(repo, "hook", "install").returncode == 0
+    removed = cmc(repo, "hook", "uninstall")
+    hook = repo / ".git" / "hooks" / "prepare-commit-msg"
+    assert removed.stdout.strip() == f"hook: removed from {hook}"
+    again = cmc(repo, "hook", "uninstall")
+    assert again.stdout.strip() == f"hook: not installed at {hook}"
+
+
+def test_outside_a_repository_every_command_says_the_same_line(tmp_path: Path):
+    outside = tmp_path / "not-a-repo"
+    outside.mkdir()
+    env = {"GIT_CEILING_DIRECTORIES": str(tmp_path)}
+    said = set()
+    for args in (["complete"], ["hook", "status"], ["hook", "install"], ["hook", "uninstall"],
+                 ["memory", "status"], ["prompt"]):  # fmt: skip
+        result = cmc(outside, *args, env=env)
+        assert result.returncode == 1, args
+        said.add(result.stderr.strip())
+    assert said == {"cmc: error: . is not inside a git repository"}
+
+
 def test_uninstall_leaves_a_foreign_hook_alone(repo: Path):
     hooks = repo / ".git" / "hooks"
     hooks.mkdir(exist_ok=True)

@@ -273,14 +273,21 @@ def checkpoint_export(path, out, dtype):
 @click.option("--beams", default=5, show_default=True, help="Beam width.")
 @click.option("--max-new-tokens", default=15, show_default=True, help="Most tokens the model adds.")
 @click.option(
+    "--repos",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Folder of the rows' repositories (OWNER+NAME/repo): use each one's memory.",
+)
+@click.option(
     "--out",
     required=True,
     type=click.Path(file_okay=False),
     help="Folder for metrics and predictions.",
 )
 def evaluate(
-    data, model, split, train_data, context_ratios, history, limit, beams, max_new_tokens, out
-):
+    data, model, split, train_data, context_ratios, history, limit, beams, max_new_tokens, repos,
+    out,
+):  # fmt: skip
     """Score completions by the CommitChronicle protocol; writes metrics.json, predictions, a plot."""
     from cmc.training.evaluate import run_eval, table
 
@@ -297,7 +304,16 @@ def evaluate(
         settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
         model = str(BUNDLED_MODEL) if model == "default" else model
     results = run_eval(
-        data, model, ratios, histories, limit, out, split=split, train=train_data, settings=settings
+        data,
+        model,
+        ratios,
+        histories,
+        limit,
+        out,
+        split=split,
+        train=train_data,
+        settings=settings,
+        repos=repos,
     )
     click.echo(table(results))
     click.echo(f"→ {out}/metrics.json, predictions.jsonl, metrics.png", err=True)

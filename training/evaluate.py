@@ -216,17 +216,27 @@ def run_eval(
     settings: Any = None,
     progress: bool = True,
     resume: bool = False,
+    repos: str | Path | None = None,
 ) -> dict:
     """Evaluate ``model`` (a model spec, or ``nngen``) and write metrics, predictions and a plot.
 
     With ``resume``, predictions already in ``OUT/predictions.jsonl`` (an interrupted run) are
-    kept and only the missing ones are computed.
+    kept and only the missing ones are computed. With ``repos``, a folder of local clones or
+    snapshots (``OWNER+NAME/repo``, as `cmc data mine --root` finds them), each row draws on its
+    repository's memory as of its commit's parent (`cmc.memory.RowMemories`).
     """
     from tqdm import tqdm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = sample_rows(load_split(data, split), limit)
+    if repos is not None:
+        from cmc.training.mine import find_repo
+
+        for row in rows:
+            found = find_repo(row.get("repo") or "", repos)
+            if found is not None:
+                row["repository"] = str(found)
     if model == "nngen":
         completer = NNGen(load_split(train or data, "train"))
 
