@@ -13,7 +13,8 @@ cost with a memory of 20,000 commits.
   against the same repository without one (`bench_runtime`'s measurements; targets: hook ≤ 150 ms,
   keystroke p95 ≤ 50 ms).
 
-With ``--quality``: `cmc eval` of the bundled model alone and with each thing the memory offers on
+With ``--fit DATA --split validation --repos SNAPSHOTS``: fit the chooser's weights on repositories
+no model has seen (`fit`). With ``--quality``: `cmc eval` of the bundled model alone and with each thing the memory offers on
 its own, then all of them (`ARMS`), on the test repositories (``--repos``: their clones or
 snapshots), history on, 0 / 25 / 50% typed.
 """
@@ -162,6 +163,78 @@ def quality(data: str, repos: str, limit: int, out: Path, split: str) -> None:
     print("| arm | 0% | 25% | 50% |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
+def fit(data: str, repos: str, per_repo: int, out: Path, split: str) -> None:
+    """Fit the chooser's weights (`cmc.recalled.WEIGHTS`): for ``per_repo`` commits of each
+    repository of ``split`` (repositories no model has seen, never the test ones), the model's
+    candidates and the memory's at 0 / 25 / 50% typed, each scored by B-Norm against the real
+    message; a ridge regression on `cmc.recalled._features`, checked leaving one repository out."""
+    import json
+    import random
+    from collections import defaultdict
+
+    import sacrebleu
+
+    from cmc import recalled
+    from cmc.complete import complete_context, context_from_row
+    from cmc.decoding import DecodeSettings
+    from cmc.memory import RowMemories
+    from cmc.model import load_model
+    from cmc.settings import BUNDLED_MODEL
+    from cmc.training.evaluate import load_split, typed_prefix
+    from cmc.training.mine import find_repo
+
+    def bnorm(prediction: str, target: str) -> float:
+        return sacrebleu.sentence_bleu(prediction, [target], smooth_method="add-k",
+                                       smooth_value=1, lowercase=True, tokenize="13a").score  # fmt: skip
+
+    by_repo = defaultdict(list)
+    for row in load_split(data, split):
+        by_repo[row["repo"]].append(row)
+    rng = random.Random(0)
+    sample = [r for repo in sorted(by_repo) for r in rng.sample(by_repo[repo], min(per_repo, len(by_repo[repo])))]  # fmt: skip
+    lm, memories = load_model(str(BUNDLED_MODEL)), RowMemories()
+    out.mkdir(parents=True, exist_ok=True)
+    dump = out / "fit-options.jsonl"
+    examples = []  # (repo, ratio, features, labels)
+    with dump.open("w") as f:
+        for row in sample:
+            found = find_repo(row["repo"], repos)
+            if found is None:
+                continue
+            plain = context_from_row(row)  # the model's candidates, without the memory's
+            recall = context_from_row({**row, "repository": str(found)}, True, memories).recall
+            for ratio in (0.0, 0.25, 0.5):
+                typed = typed_prefix(row["message"], ratio)
+                target = row["message"][len(typed) :]
+                model = complete_context(
+                    lm, plain, typed, DecodeSettings(num_candidates=5)
+                ).candidates
+                opts = recalled.options(model, recalled.candidates(recall, typed), typed)
+                labels = [bnorm(o.candidate.continuation, target) for o in opts]
+                features = recalled._features(opts, plain.history)
+                examples.append((row["repo"], ratio, features, labels))
+                f.write(json.dumps({"repo": row["repo"], "ratio": ratio, "kinds": [o.kind for o in opts],
+                                    "features": features, "labels": labels}) + "\n")  # fmt: skip
+
+    def ridge(items) -> np.ndarray:
+        x = np.array([v for _, _, fs, _ in items for v in fs])
+        y = np.array([v for _, _, _, ls in items for v in ls])
+        return np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ y)
+
+    names = sorted({e[0] for e in examples})
+    for ratio in (0.0, 0.25, 0.5):
+        chosen, first = [], []
+        for held in names:
+            w = ridge([e for e in examples if e[0] != held])
+            for repo, r, fs, ls in examples:
+                if repo == held and r == ratio and ls:
+                    chosen.append(ls[int(np.argmax(np.array(fs) @ w))])
+                    first.append(ls[0])  # the model's first candidate
+        print(f"{int(ratio * 100)}% typed, one repository left out: chosen {np.mean(chosen):.2f} "
+              f"B-Norm, the model's first {np.mean(first):.2f} ({len(chosen)} commits)")  # fmt: skip
+    print("WEIGHTS =", tuple(round(float(v), 3) for v in ridge(examples)))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repo", type=Path, help="a repository of 5,000+ commits")
@@ -172,7 +245,12 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=600, help="with --quality: commits scored")
     ap.add_argument("--split", default="test", help="with --quality: the split scored")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-memory")
+    ap.add_argument("--fit", metavar="DATA", help="fit the chooser on DATA's --split instead")
+    ap.add_argument("--per-repo", type=int, default=15, help="with --fit: commits per repository")
     args = ap.parse_args()
+    if args.fit:
+        fit(args.fit, args.repos, args.per_repo, args.out, args.split)
+        return 0
     if args.quality:
         quality(args.quality, args.repos, args.limit, args.out, args.split)
         return 0

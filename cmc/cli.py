@@ -149,15 +149,13 @@ def complete(
             raise CmcError(f"cannot read {message_file}: {exc.strerror}") from exc
         typed = msgfile.parse(text, settings.comment_char).typed
     result = client.complete(git_repo, settings, typed, decode, timeout=timeout)
-    if not git_repo.has_staged_changes():  # said after a failure would have been said, in one line
-        click.echo(
-            "cmc: nothing is staged (git add first); completed for an empty change", err=True
-        )
+    if result.note:  # said after a failure would have been said, in one line
+        click.echo(f"cmc: no suggestion: {result.note}; git add first", err=True)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     elif result.candidates:
         click.echo(result.candidates[0].message)
-    else:
+    elif not result.note:
         raise CmcError("the model produced no message")
 
 

@@ -25,6 +25,17 @@ class Context:
     history: list[str] = field(default_factory=list)  # oldest → newest, cleaned
     file_history: list[str] = field(default_factory=list)  # same files, any author; oldest → newest
     recall: Any = None  # cmc.memory.Recall: the repository's earlier commits most like this change
+    ci_markers: bool = False  # the author's own messages (as written) use [skip ci] and the like
+    _support: Any = field(default=None, compare=False, repr=False)  # of diff and history, cached
+
+    def support(self, typed: str) -> Any:
+        """What a suggestion may state here (`cmc.specifics.Support`)."""
+        from cmc.specifics import Support
+
+        if self._support is None:
+            self._support = Support.of(self.diff, self.history)
+            self._support.ci_markers = self.ci_markers
+        return self._support.with_typed(typed)
 
 
 @dataclass
@@ -34,16 +45,20 @@ class Completion:
     model: str
     latency_ms: float
     served_by: str = "in-process"
+    note: str = ""  # why there are no candidates, when that is known (an empty change)
 
     def to_json(self) -> dict:
         """The JSON of `cmc complete --json` and of the daemon's replies."""
-        return {
+        out = {
             "prefix": self.typed,
             "model": self.model,
             "latency_ms": round(self.latency_ms, 1),
             "served_by": self.served_by,
             "candidates": [c.to_json() for c in self.candidates],
         }
+        if self.note:
+            out["note"] = self.note
+        return out
 
     @classmethod
     def from_json(cls, data: Any, served_by: str | None = None) -> Completion:
@@ -57,6 +72,7 @@ class Completion:
             data["model"],
             float(data.get("latency_ms") or 0.0),
             served_by or str(data.get("served_by") or "in-process"),
+            str(data.get("note") or ""),
         )
 
 
@@ -66,13 +82,19 @@ def context_from_repo(
     """The staged change and the author's history of a `cmc.gitctx.GitRepo` (`cmc.settings.Settings`);
     with ``file_history`` (a model whose prompt has that section) also the staged files' history."""
     mods = repo.staged_mods(settings.exclude, max_chars=max_diff_chars)
-    history = (
-        repo.author_history(settings.author_name, settings.author_email) if settings.history else []
+    messages = (
+        repo.author_messages(settings.author_name, settings.author_email)
+        if settings.history
+        else []
     )
     files = repo.file_history(mods) if file_history and settings.history else []
     from cmc.diffs import process_diff
+    from cmc.specifics import CI_MARKER
 
-    return Context(process_diff(mods), history, files, repo_recall(repo, settings, mods))
+    history = [cleaned for _, cleaned in messages]
+    ci_markers = any(CI_MARKER.search(raw) for raw, _ in messages)
+    recall = repo_recall(repo, settings, mods)
+    return Context(process_diff(mods), history, files, recall, ci_markers)
 
 
 def repo_recall(repo: Any, settings: Any, mods: list) -> Any:
@@ -94,6 +116,7 @@ def wants_file_history(lm: Any) -> bool:
     return getattr(getattr(lm, "budget", None), "file_history_tokens", 0) > 0
 
 
+EMPTY_CHANGE = "the change is empty (nothing staged)"
 BODY_SHARE = 0.3  # measured: see the README ("Subject line or body")
 BODY_WINDOW = 10
 
@@ -136,6 +159,8 @@ def complete_context(
     from cmc.decoding.beam import generate_candidates
 
     settings = settings or DecodeSettings()
+    if not context.diff.strip():  # a commit that changes nothing: any message would be made up
+        return Completion(typed, [], lm.name, 0.0, note=EMPTY_CHANGE)
     if not settings.stop_at_newline and "\n" not in typed and not writes_bodies(context.history):
         settings = replace(settings, stop_at_newline=True)  # a subject line, as the author writes
     started = time.perf_counter()
@@ -147,14 +172,21 @@ def complete_context(
     else:
         prompt = build_prompt(lm.tokenizer, context.diff, context.history, head, finished=False,
                               budget=lm.budget, file_history=context.file_history)  # fmt: skip
+    from cmc import specifics
+
+    support = context.support(typed) if specifics.CONSTRAIN else None
     candidates = generate_candidates(
-        lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled
+        lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled, support
     )
+    if support is not None:  # what the search could not see coming (a whole word at once)
+        candidates = specifics.without_problems(candidates, support)
     if context.recall is not None:
         from cmc.recalled import candidates as recalled_candidates
-        from cmc.recalled import choose
+        from cmc.recalled import choose, fitted
 
         offered = recalled_candidates(context.recall, typed)
+        if support is not None:
+            offered = fitted(offered, typed, support)
         if settings.stop_at_newline:  # one line at a time: the rest of the typed line only
             offered = [r for r in offered if "\n" not in r.continuation.rstrip()]
         candidates = choose(candidates, offered, typed, context.history, settings.num_candidates)

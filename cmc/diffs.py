@@ -91,24 +91,35 @@ def _split_diff_git_line(rest: str) -> tuple[str, str]:
 
 
 _HUNK_START = re.compile(r"(?m)^(?=@@)")
+CUT_HUNK_CHARS = 2_000  # of a hunk too big for the budget: about the model's whole diff budget
 _FILE_START = re.compile(r"(?m)^(?=diff --git )")
 
 
-def keep_hunks(hunks: str, budget: int | None) -> tuple[str, bool]:
-    """The leading whole hunks of one file that fit ``budget`` characters (all when None)."""
+def keep_hunks(hunks: str, budget: int | None, cut: bool = False) -> tuple[str, bool]:
+    """The leading whole hunks of one file that fit ``budget`` characters (all when None); with
+    ``cut``, when not even the first one fits, its leading whole lines (a 20,000-line new file
+    shows the model its start, and a generated file its marker line, rather than nothing; mining
+    leaves such a file out instead, so the outlier rules see the commit's real size)."""
     if budget is None or len(hunks) <= budget:
         return hunks, False
     kept, size = [], 0
-    for hunk in _HUNK_START.split(hunks):
+    pieces = [h for h in _HUNK_START.split(hunks) if h]
+    for hunk in pieces:
         if size + len(hunk) > budget:
             break
         kept.append(hunk)
         size += len(hunk)
+    if cut and not kept and pieces and budget > 0:  # its start, in a share leaving others room
+        cut = pieces[0][: min(budget, CUT_HUNK_CHARS)]
+        kept.append(cut[: cut.rfind("\n") + 1] if "\n" in cut else "")
     return "".join(kept), True
 
 
-def parse_file_section(section: str, max_chars: int | None = None, truncated: bool = False) -> Mod:
-    """One file's part of a patch (from its ``diff --git`` line) → a mod, hunks cut to ``max_chars``."""
+def parse_file_section(
+    section: str, max_chars: int | None = None, truncated: bool = False, cut: bool = False
+) -> Mod:
+    """One file's part of a patch (from its ``diff --git`` line) → a mod, hunks cut to ``max_chars``
+    (`keep_hunks`)."""
     first_hunk = section.find("\n@@")
     head = section if first_hunk < 0 else section[: first_hunk + 1]
     hunks = "" if first_hunk < 0 else section[first_hunk + 1 :]
@@ -130,8 +141,8 @@ def parse_file_section(section: str, max_chars: int | None = None, truncated: bo
             kind, new = "COPY", unquote_path(text[8:])
         elif text.startswith(("Binary files ", "GIT binary patch")):
             hunks = text + "\n"
-    diff, cut = keep_hunks(hunks, max_chars)
-    return Mod(kind, old, new, diff, truncated or cut)
+    diff, was_cut = keep_hunks(hunks, max_chars, cut)
+    return Mod(kind, old, new, diff, truncated or was_cut)
 
 
 def parse_patch_text(text: str, max_chars_per_file: int | None = None) -> list[Mod]:
@@ -143,11 +154,14 @@ def parse_patch_text(text: str, max_chars_per_file: int | None = None) -> list[M
     ]
 
 
-def parse_patch(lines: Iterable[str], max_chars_per_file: int | None = None) -> Iterator[Mod]:
+def parse_patch(
+    lines: Iterable[str], max_chars_per_file: int | None = None, cut: bool = False
+) -> Iterator[Mod]:
     """Parse a streamed patch (``git diff``, line by line, endings kept) into mods.
 
     Memory stays bounded whatever the size of the diff: a file's lines past ``max_chars_per_file``
-    (plus room for its header) are not kept, and its mod is marked truncated.
+    (plus room for its header) are not kept, and its mod is marked truncated (``cut``: see
+    `keep_hunks`).
     """
     cap = None if max_chars_per_file is None else max_chars_per_file + 4096
     section: list[str] = []
@@ -155,7 +169,7 @@ def parse_patch(lines: Iterable[str], max_chars_per_file: int | None = None) -> 
     for line in lines:
         if line.startswith("diff --git "):
             if section:
-                yield parse_file_section("".join(section), max_chars_per_file, dropped)
+                yield parse_file_section("".join(section), max_chars_per_file, dropped, cut)
             section, size, dropped = [line], len(line), False
         elif section:
             if cap is not None and size + len(line) > cap:
@@ -164,7 +178,7 @@ def parse_patch(lines: Iterable[str], max_chars_per_file: int | None = None) -> 
             section.append(line)
             size += len(line)
     if section:
-        yield parse_file_section("".join(section), max_chars_per_file, dropped)
+        yield parse_file_section("".join(section), max_chars_per_file, dropped, cut)
 
 
 def file_header(mod: Mod | dict) -> str:

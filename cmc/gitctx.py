@@ -205,7 +205,7 @@ class GitRepo:
 
         mods: list[Mod] = []
         used = 0
-        for mod in parse_patch(lines, max_chars_per_file=max_chars):
+        for mod in parse_patch(lines, max_chars_per_file=max_chars, cut=True):
             if excl.matches(mod.new_path) or excl.matches(mod.old_path):
                 mod.diff, mod.truncated = "", True
             elif mod.diff.startswith(("Binary files ", "GIT binary patch")):
@@ -213,7 +213,7 @@ class GitRepo:
             else:  # secrets are masked by process_diff, the one diff → model text function
                 if used + len(mod.diff) > max_chars:
                     mod.diff, mod.truncated = (
-                        keep_hunks(mod.diff, max(0, max_chars - used))[0],
+                        keep_hunks(mod.diff, max(0, max_chars - used), cut=True)[0],
                         True,
                     )
                 used += len(mod.diff)
@@ -265,6 +265,12 @@ class GitRepo:
         Merges are skipped; messages are cleaned and filtered exactly as in the training data. At
         most ``limit`` messages (the newest), looking back over at most ``scan`` commits.
         """
+        return [cleaned for _, cleaned in self.author_messages(name, email, limit, scan)]
+
+    def author_messages(
+        self, name: str | None, email: str | None, limit: int = 64, scan: int = 2000
+    ) -> list[tuple[str, str]]:
+        """`author_history` with each message as written beside its cleaned form."""
         if not self.has_head():
             return []
         if not name and not email:
@@ -274,7 +280,7 @@ class GitRepo:
         out = self._git(
             "log", "--no-merges", f"--max-count={scan}", "--format=%ae%x1f%an%x1f%B%x1e", "HEAD"
         )
-        found: list[str] = []
+        found: list[tuple[str, str]] = []
         for record in out.split("\x1e"):
             parts = record.strip("\n").split("\x1f", 2)
             if len(parts) != 3:
@@ -283,7 +289,7 @@ class GitRepo:
             if (email and a_email.lower() == email.lower()) or (not email and a_name == name):
                 cleaned = history_message(body)
                 if cleaned:
-                    found.append(cleaned)
+                    found.append((body, cleaned))
                     if len(found) == limit:
                         break
         return found[::-1]

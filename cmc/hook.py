@@ -262,7 +262,12 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
             raise result["error"]
         completion = result["completion"]
         if not completion.candidates:
-            _log(git_dir, "no candidates")
+            _log(git_dir, f"no candidates{': ' + completion.note if completion.note else ''}")
+            if completion.note:
+                noted = msgfile.render_note(parsed, f"cmc: no suggestion: {completion.note}.",
+                                            editor_opens=editor, cleanup=settings.cleanup)  # fmt: skip
+                if noted is not None:
+                    _write_atomically(path, noted)
             return 0
         messages = [c.message for c in completion.candidates]
         text = msgfile.render(

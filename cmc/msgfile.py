@@ -102,3 +102,13 @@ def render(
             lines += [f"{comment}   {piece}" for piece in alt.split("\n")]
     lines += parsed.rest
     return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_note(parsed: MessageFile, note: str, *, editor_opens: bool, cleanup: str) -> str | None:
+    """The file with a comment line saying why there is no suggestion, above git's own lines, the
+    typed text kept as it was; None where git would keep the line (it would be committed)."""
+    if parsed.comment is None or not comments_stripped(cleanup, editor_opens):
+        return None
+    lines = [parsed.typed, ""] if parsed.typed else [""]
+    lines += [f"{parsed.comment} {note}", *parsed.rest]
+    return "\n".join(lines).rstrip("\n") + "\n"

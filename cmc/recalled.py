@@ -113,6 +113,19 @@ def _infix(recall: Any, typed: str, k: int) -> list[Recalled]:
     return out
 
 
+def fitted(offered: list[Recalled], typed: str, support: Any) -> list[Recalled]:
+    """The recalled messages fitted to this change (`cmc.specifics.repair`: an earlier bump's
+    versions become this diff's), without those stating what this change does not support."""
+    from cmc.specifics import repair
+
+    out = []
+    for r in offered:
+        message = repair(r.message, typed, support)
+        if message is not None:
+            out.append(Recalled(message, message[len(typed) :], r.similarity, r.kind))
+    return out
+
+
 KINDS = ("model", "nearest", "prefix", "infix")
 INFIX_MIN_TYPED_WORDS = 4  # measured: shorter typed text matched by chance (see the docstring)
 _WORDS = re.compile(r"\w+")

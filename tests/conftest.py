@@ -76,20 +76,27 @@ def learned_diff() -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     """A tiny Llama with its own BPE tokenizer, overfit on one (diff, message) pair in seconds."""
+    return overfit_model(
+        tmp_path_factory.mktemp("models") / "tiny", learned_diff(), LEARNED_MESSAGE
+    )
+
+
+def overfit_model(out: Path, diff: str, message: str) -> Path:
+    """A tiny Llama and BPE tokenizer trained here to write ``message`` for ``diff``."""
     import torch
 
     from cmc.prompt import build_prompt
     from cmc.training.modeling import new_model
     from cmc.training.tokenizer import train_tokenizer
 
-    corpus = [LEARNED_MESSAGE, learned_diff(), PARSER_AFTER] * 5 + [
+    corpus = [message, diff, PARSER_AFTER] * 5 + [
         "Add tests for the tokenizer",
         "Update documentation of the parser",
         "Refactor configuration loading",
     ]
     tokenizer = train_tokenizer(corpus, vocab_size=400, min_frequency=1)
     model = new_model(tokenizer, "tiny", max_positions=1024)
-    prompt = build_prompt(tokenizer, learned_diff(), [], LEARNED_MESSAGE, finished=True)
+    prompt = build_prompt(tokenizer, diff, [], message, finished=True)
     ids = torch.tensor([prompt.input_ids])
     labels = torch.tensor([[t if m else -100 for t, m in zip(prompt.input_ids, prompt.loss_mask)]])
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -100,7 +107,6 @@ def tiny_model(tmp_path_factory) -> Path:
         loss.backward()
         opt.step()
     assert loss.item() < 0.05, f"tiny model did not learn its message (loss {loss.item():.3f})"
-    out = tmp_path_factory.mktemp("models") / "tiny"
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -276,7 +276,8 @@ def test_nothing_staged_is_said(repo: Path, tiny_model: Path):
     commit_file(repo, "a.txt", "1\n", "Add a")
     git(repo, "config", "cmc.model", str(tiny_model))
     out = _run_cmc("complete", "--prefix", "Fix", cwd=repo)
-    assert out.returncode == 0 and "nothing is staged" in out.stderr
+    assert out.returncode == 0 and out.stdout == ""  # no suggestion for an empty change …
+    assert out.stderr == "cmc: no suggestion: the change is empty (nothing staged); git add first\n"
     (repo / "a.txt").write_text("2\n")
     git(repo, "add", "a.txt")
     assert "nothing is staged" not in _run_cmc("complete", "--prefix", "Fix", cwd=repo).stderr

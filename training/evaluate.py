@@ -109,6 +109,31 @@ def specificity(records: list[dict], added: dict[Any, set[str]]) -> dict[str, fl
     }
 
 
+TRUST = ("Unsupported", "Repeated", "Doubled", "CI-marker")
+
+
+def trust(records: list[dict], contexts: dict[Any, Any]) -> dict[str, float]:
+    """Shares (%) of suggestions a user could not accept unchecked (`cmc.specifics`): stating a
+    version, file name or backticked name that the diff's changed lines and paths, the history and
+    the typed text do not hold; a repeated word; a doubled suffix or path; a CI marker the author
+    does not use. ``Unsupported-real``: the same for the real messages."""
+    from cmc import specifics
+
+    counts = dict.fromkeys((*TRUST, "Unsupported-real"), 0)
+    for r in records:
+        support = contexts[r["id"]].support(r["prefix"])
+        suggestion = r["prefix"] + r["prediction"]
+        counts["Unsupported"] += bool(specifics.unsupported(suggestion, support))
+        counts["Unsupported-real"] += bool(
+            specifics.unsupported(r["prefix"] + r["target"], support)
+        )
+        found = specifics.degenerate(suggestion, support)
+        counts["Repeated"] += "repeated word" in found
+        counts["Doubled"] += "doubled suffix" in found
+        counts["CI-marker"] += "CI marker" in found
+    return {k: 100 * v / max(1, len(records)) for k, v in counts.items()}
+
+
 def score(predictions: list[str], targets: list[str]) -> dict[str, float]:
     """All metrics for aligned continuations (pairs with an empty target are skipped)."""
     import sacrebleu
@@ -262,10 +287,8 @@ def run_eval(
     }
     from cmc.complete import context_from_row
 
-    added = {
-        row.get("hash", i): code_tokens(added_text(context_from_row(row, use_history=False).diff))
-        for i, row in enumerate(rows)
-    }
+    contexts = {row.get("hash", i): context_from_row(row) for i, row in enumerate(rows)}
+    added = {key: code_tokens(added_text(c.diff)) for key, c in contexts.items()}
     started = time.perf_counter()
     done = _finished_predictions(out / "predictions.jsonl") if resume else {}
     if done:  # rewrite what was kept, so that appending never continues a torn line
@@ -303,6 +326,7 @@ def run_eval(
                     [c["prediction"] for c in chosen], [c["target"] for c in chosen]
                 )
                 results["scores"][key].update(specificity(chosen, added))
+                results["scores"][key].update(trust(chosen, contexts))
     results["seconds"] = round(time.perf_counter() - started, 1)
     tmp = out / "metrics.json.tmp"  # atomically: a half-written metrics.json would be read as done
     tmp.write_text(json.dumps(results, indent=2))
@@ -326,10 +350,10 @@ def _finished_predictions(path: Path) -> dict[tuple, dict]:
 
 
 def table(results: dict) -> str:
-    columns = (*METRICS, "Copy", "Distinct")
-    lines = [f"{'setting':<18}" + "".join(f"{m:>9}" for m in columns)]
+    columns = (*METRICS, "Copy", "Distinct", *TRUST)
+    lines = [f"{'setting':<18}" + "".join(f"{m:>12}" for m in columns)]
     for key, sc in results["scores"].items():
-        lines.append(f"{key:<18}" + "".join(f"{sc.get(m, 0):>9.2f}" for m in columns))
+        lines.append(f"{key:<18}" + "".join(f"{sc.get(m, 0):>12.2f}" for m in columns))
     return "\n".join(lines)
 
 

@@ -318,10 +318,13 @@ def generate_candidates(
     settings: DecodeSettings,
     cache: PromptCache | None = None,
     cancelled: Any = None,
+    support: Any = None,
 ) -> list[Candidate]:
     """Up to ``settings.num_candidates`` distinct completions of ``typed``, best first.
 
     ``prompt`` was built (`cmc.prompt.build_prompt`) from the head of ``typed`` (`split_typed`).
+    With ``support`` (`cmc.specifics.Support`), `cmc.specifics.SpecificsConstraint` keeps the
+    search from stating what the context does not hold and from degenerate text.
     """
     head, tail = split_typed(typed)
     n = settings.num_candidates
@@ -334,6 +337,10 @@ def generate_candidates(
     processors: list[Any] = [TypedTailConstraint(table, tail, start)]
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
+    if support is not None:
+        from cmc.specifics import SpecificsConstraint
+
+        processors.append(SpecificsConstraint(table, support, start, head, tail))
     beams = max(settings.num_beams, n)
     # Room for the tail itself: a constrained token can be as short as one byte.
     max_new = settings.max_new_tokens + len(tail.encode())

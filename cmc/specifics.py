@@ -1,0 +1,295 @@
+"""What a suggestion may state, so that a user can accept it without checking.
+
+A *specific* is a version (``3.0.0``, ``v1.2``), a file name with an extension (``ssl.md``), a path
+(``src/parser.py``) or a backticked name (```parse_config```). A suggestion may only state one that
+its context holds — the changed lines and paths of the diff, the author's history, the typed text —
+because a made-up one is worse than a generic word: `bump to 3.0.0` when the diff bumps to 2.4.1.
+Versions come from the lines the diff changes, not from its unchanged context lines.
+
+*Degenerate* text: a word repeated (``typo typo``), a doubled suffix or path (``.php.php``,
+``actions/actions/``), and a CI-control marker (``[skip ci]``) that the author never writes.
+
+`Support` holds what a context allows; `problems` says what is wrong with a text (for `cmc eval`
+and for choosing among candidates); `SpecificsConstraint` is the logits processor that keeps the
+decoder from writing them at all.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+CONSTRAIN = True  # the decoder keeps to what the context holds (benchmarks switch it off)
+VERSION = re.compile(r"(?<![\w.])v?\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?(?![\w.]*\w)")
+FILE_NAME = re.compile(r"(?<![\w./-])[\w-]+(?:\.[\w-]+)*\.[A-Za-z][A-Za-z0-9]{0,7}(?![\w])")
+PATH = re.compile(r"(?<![\w./-])[\w.-]+(?:/[\w.-]+)+/?")
+BACKTICKED = re.compile(r"`([^`\n]+)`")
+REPEATED_WORD = re.compile(r"(?<![\w-])([A-Za-z][\w-]*)\s+\1(?![\w-])", re.IGNORECASE)
+DOUBLED = re.compile(r"(\.[A-Za-z]\w{0,7})\1(?!\w)|(?<![\w.-])([\w.-]+/)\2")
+CI_MARKER = re.compile(
+    r"\[(?:ci[ -]skip|skip[ -]ci|no[ -]ci|skip[ -]actions|actions[ -]skip|skip[ -]travis)\]"
+    r"|\*\*\*NO_CI\*\*\*",
+    re.IGNORECASE,
+)
+# Not file names, though they look like one: abbreviations and prose.
+_NOT_FILES = {"e.g", "i.e", "etc", "vs", "a.k.a", "n.b"}
+_IDENTIFIER = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
+
+
+def specifics(text: str) -> list[str]:
+    """The specifics a text states, in order (a path's file name is the path's)."""
+    found: list[tuple[int, str]] = []
+    taken: list[tuple[int, int]] = []
+
+    def add(m: re.Match, group: int = 0) -> None:
+        start, end = m.span(group)
+        if any(s < end and start < e for s, e in taken):
+            return
+        value = m.group(group).rstrip("/")
+        taken.append((start, end))
+        found.append((start, value))
+
+    for m in BACKTICKED.finditer(text):
+        add(m, 1)
+    for m in PATH.finditer(text):
+        add(m)
+    for m in VERSION.finditer(text):
+        add(m)
+    for m in FILE_NAME.finditer(text):
+        if m.group(0).lower().rstrip(".") not in _NOT_FILES and not VERSION.fullmatch(m.group(0)):
+            add(m)
+    return [v for _, v in sorted(found)]
+
+
+def _versions(lines: Iterable[str]) -> set[str]:
+    return {m.group(0).lstrip("v") for line in lines for m in VERSION.finditer(line)}
+
+
+@dataclass
+class Support:
+    """What a context allows a suggestion to state."""
+
+    text: str = ""  # lower-cased: the diff's changed lines and paths, the history, the typed text
+    versions: set[str] = field(default_factory=set)  # from the diff's changed lines only, and typed
+    old_versions: list[str] = field(default_factory=list)  # of removed lines, in order
+    new_versions: list[str] = field(default_factory=list)  # of added lines, in order
+    ci_markers: bool = False  # the author's own history uses them
+    identifiers: set[str] = field(default_factory=set)  # of the diff, for half-typed words
+
+    @classmethod
+    def of(cls, diff: str, history: Iterable[str], typed: str = "") -> Support:
+        """From a processed diff (`cmc.diffs.process_diff`: header lines, then ``+``/``-``/context
+        lines), the author's history and the typed text."""
+        changed, kept_headers, added, removed = [], [], [], []
+        for line in diff.split("\n"):
+            if line.startswith("+"):
+                changed.append(line[1:])
+                added.append(line[1:])
+            elif line.startswith("-"):
+                changed.append(line[1:])
+                removed.append(line[1:])
+            elif line.startswith(("new file ", "deleted file ", "rename ", "copy ")):
+                kept_headers.append(line.split(" ", 2)[-1])
+            elif line and " " not in line.strip():  # a modified file's header: its path
+                kept_headers.append(line)
+        history = list(history)
+        paths = "\n".join(kept_headers + [p.rsplit("/", 1)[-1] for p in kept_headers])
+        text = "\n".join([*changed, paths, *history, typed]).lower()
+        versions = _versions([*changed, *history, typed])
+        idents = {m.group(0) for line in changed + kept_headers for m in _IDENTIFIER.finditer(line)}
+        return cls(
+            text,
+            versions,
+            [
+                v.lstrip("v")
+                for line in removed
+                for v in (m.group(0) for m in VERSION.finditer(line))
+            ],
+            [v.lstrip("v") for line in added for v in (m.group(0) for m in VERSION.finditer(line))],
+            any(CI_MARKER.search(h) for h in history),
+            idents,
+        )
+
+    def with_typed(self, typed: str) -> Support:
+        """This support with the typed text too (the user may state what they like)."""
+        if not typed:
+            return self
+        return Support(self.text + "\n" + typed.lower(), self.versions | _versions([typed]),
+                       self.old_versions, self.new_versions, self.ci_markers or
+                       bool(CI_MARKER.search(typed)), self.identifiers)  # fmt: skip
+
+    def allows(self, specific: str) -> bool:
+        if VERSION.fullmatch(specific):
+            return specific.lstrip("v") in self.versions
+        return specific.lower() in self.text
+
+
+def unsupported(text: str, support: Support) -> list[str]:
+    return [s for s in specifics(text) if not support.allows(s)]
+
+
+def degenerate(text: str, support: Support | None = None) -> list[str]:
+    """What makes a text degenerate: a repeated word, a doubled suffix or path, a CI marker the
+    author never uses."""
+    found = []
+    if REPEATED_WORD.search(text):
+        found.append("repeated word")
+    if DOUBLED.search(text):
+        found.append("doubled suffix")
+    if CI_MARKER.search(text) and not (support is not None and support.ci_markers):
+        found.append("CI marker")
+    return found
+
+
+def problems(text: str, support: Support) -> list[str]:
+    """Everything that keeps a suggestion from being accepted unchecked ([] when nothing)."""
+    return [f"unsupported {s!r}" for s in unsupported(text, support)] + degenerate(text, support)
+
+
+def repair(message: str, typed: str, support: Support) -> str | None:
+    """A message recalled from an earlier commit, fitted to this change: its versions replaced by
+    the ones the diff changes (a bump: the removed version, then the added one), in order; None
+    when it states something else this change does not support."""
+    rest = message[len(typed) :]
+    versions = [m for m in VERSION.finditer(rest) if not support.allows(m.group(0))]
+    if versions:
+        pool = (support.old_versions[:1] + support.new_versions[-1:]) if len(versions) >= 2 else support.new_versions[-1:]  # fmt: skip
+        if len(pool) < min(len(versions), 2):
+            return None
+        out, last = [], 0
+        for m, new in zip(versions, pool[-len(versions) :] if len(versions) == 1 else pool):
+            keep_v = m.group(0).startswith("v") and not new.startswith("v")
+            out += [rest[last : m.start()], ("v" if keep_v else "") + new]
+            last = m.end()
+        if len(versions) > len(pool):
+            return None
+        rest = "".join(out) + rest[last:]
+    fitted = typed + rest
+    return None if problems(fitted, support) else fitted
+
+
+def without_problems(candidates: list[Any], support: Support) -> list[Any]:
+    """The candidates (`cmc.decoding.Candidate`) whose message has no problem (`problems`)."""
+    return [c for c in candidates if not problems(c.message, support)]
+
+
+# --- while decoding ---------------------------------------------------------------------------------
+
+_LEAD = "`'\"([{<"
+_TRAIL = "`'\".,;:!?)]}>"
+_WORD_END = re.compile(r"\s")
+
+
+def looks_specific(word: str) -> bool:
+    """Whether a word (being) written is a specific: backticked, or word characters joined by
+    dots or slashes (a version ``3.0``, a file ``ssl.md``, a path ``src/x``; also the garbled
+    ``2..0`` a model may try instead)."""
+    core = word.strip(_LEAD + _TRAIL)
+    if not core:
+        return False
+    if word.startswith("`"):
+        return True
+    if re.match(r"v?\d+\.", core) and len(core) > 2:
+        return True
+    return bool(re.search(r"\w[./]+\w", core)) and core.lower() not in _NOT_FILES
+
+
+def _norm(word: str) -> str:
+    return re.sub(r"\W", "", word.lower())
+
+
+class SpecificsConstraint:
+    """A logits processor (as `cmc.decoding.beam`'s): in the message, a token may not
+
+    * make the word being written a specific the context does not hold, nor the start of one
+      (``3.`` then ``0`` when no version 3.0… is in the changed lines);
+    * end a specific word before it is one the context holds (``Function`` when the diff adds
+      ``FunctionAuth``);
+    * repeat the word before it, double a suffix or a path, or write a CI marker the author
+      never writes.
+
+    Only each hypothesis' ``top`` most likely tokens are checked (a beam search keeps at most
+    twice the beams): a few string operations each. While the half-typed word (``tail``) is being
+    finished, tokens toward an identifier or version of the diff that starts with it get
+    ``bonus`` (``Func`` becomes the diff's ``FunctionAuth`` first)."""
+
+    def __init__(self, table: Any, support: Support, start: int, head: str, tail: str = "",
+                 top: int = 16, bonus: float = 5.0):  # fmt: skip
+        self.table, self.support, self.start = table, support, start
+        self.head, self.tail = head, tail
+        self.top, self.bonus = top, bonus
+        words: set[str] = {"v" + v for v in support.versions} | set(support.versions)
+        for token in re.split(r"[\s,;:!?()\[\]{}<>\"'=]+", support.text):
+            token = token.strip(".`")
+            words.update(t for t in (token, *token.split("/")) if t)
+        self.words = words
+        self.allowed = sorted(words)
+        self._prefixes: dict[str, bool] = {}
+        stem = tail.strip()
+        names = support.identifiers | support.versions
+        near = [n for n in names if len(stem) > 1 and n.startswith(stem) and n != stem]
+        self.half = sorted(near)[:3]
+
+    def _is_prefix(self, core: str) -> bool:
+        import bisect
+
+        key = core.lower()
+        if key not in self._prefixes:
+            i = bisect.bisect_left(self.allowed, key)
+            self._prefixes[key] = i < len(self.allowed) and self.allowed[i].startswith(key)
+        return self._prefixes[key]
+
+    def _complete_ok(self, word: str) -> bool:
+        if not looks_specific(word):
+            return True
+        core = word.strip(_LEAD + _TRAIL)
+        if DOUBLED.search(core):
+            return False
+        if VERSION.fullmatch(core):
+            return core.lstrip("v") in self.support.versions
+        return core.lower() in self.words  # a whole name of the context, not a part of one
+
+    def allows(self, text: str, piece: str | None) -> bool:
+        """Whether ``piece`` (a token's text; None: the end) may follow ``text``, the message so
+        far."""
+        end = piece is None
+        new = text + (piece or "")
+        words = new.split()
+        completed_before = len(text.split()) - (0 if not text or text[-1:].isspace() else 1)
+        completed = words if (end or new[-1:].isspace()) else words[:-1]
+        for i in range(max(0, completed_before), len(completed)):
+            word = completed[i]
+            if not self._complete_ok(word):
+                return False
+            if i and _norm(word) and _norm(word) == _norm(completed[i - 1]):
+                return False  # a repeated word
+        if not end and words and not new[-1:].isspace() and looks_specific(words[-1]):
+            core = words[-1].strip(_LEAD).rstrip(_TRAIL)
+            if DOUBLED.search(core) or not self._is_prefix(core):
+                return False
+        return self.support.ci_markers or not CI_MARKER.search(new[-40:])
+
+    def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
+        for row, seq in enumerate(seqs):
+            produced = self.table.text(seq[self.start :]).decode("utf-8", "replace")
+            text = self.head + produced
+            top = min(self.top, scores.shape[1] - 1)
+            for token in np.argpartition(-scores[row], top)[:top].tolist():
+                if scores[row, token] == -np.inf:
+                    continue
+                raw = self.table.bytes[token] if token < len(self.table.bytes) else None
+                piece = None if raw is None else raw.decode("utf-8", "replace")
+                if not self.allows(text, piece):
+                    scores[row, token] = -np.inf
+            if self.half and len(produced.encode()) >= len(self.tail.encode()):
+                word = text.split()[-1] if text.split() and not text[-1:].isspace() else ""
+                for ident in self.half:
+                    if word and ident.startswith(word) and ident != word:
+                        mask = self.table.allowed(ident[len(word) :].encode())
+                        width = min(mask.shape[0], scores.shape[1])
+                        scores[row, :width][mask[:width]] += self.bonus
+        return scores
