@@ -87,6 +87,13 @@ def test_sigint_stops_cleanly_and_the_same_command_resumes(tmp_path: Path, tiny_
 
 def test_too_few_commits_is_a_clear_error(tmp_path: Path, tiny_model: Path):
     repo = history_repo(tmp_path / "small", 6)
+    as_json = subprocess.run(["cmc", "train", "--base", str(tiny_model), "--json"], cwd=repo,
+                             env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+    assert as_json.returncode == 1
+    import json
+
+    said = json.loads(as_json.stdout)
+    assert said["installed"] is False and said["error"].startswith("too few commits to learn from")
     result = subprocess.run(
         ["cmc", "train", "--base", str(tiny_model)],
         cwd=repo,
@@ -172,11 +179,17 @@ def test_a_result_no_better_than_the_base_is_not_installed(tmp_path: Path, tiny_
     # lr 0: the weights do not move, so the scores tie, and a tie is not better.
     # (a relative --out: torchrun's workers run elsewhere, the paths they get must not be relative)
     cmd = ["cmc", "train", "--base", str(tiny_model), "--max-steps", "2", "--lr", "0", "--out", "rel-run",
-           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "6"]  # fmt: skip
+           "--global-batch-size", "4", "--micro-batch-size", "2", "--eval-limit", "6", "--json"]  # fmt: skip
     result = subprocess.run(cmd, cwd=repo, env=cmc_env({"OMP_NUM_THREADS": "1"}), capture_output=True,
                             text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.startswith("cmc train: mines 40 commits of this repository")
-    assert "not installed: it did not beat" in result.stdout
+    import json
+
+    out = json.loads(result.stdout)  # one object, for scripts: the progress went to stderr
+    assert set(out["before"]) == set(out["after"]) == {"history@0", "history@0.25", "history@0.5"}
+    assert all("B-Norm" in s and "EM@1" in s for s in out["after"].values())
+    assert out["installed"] is False and out["not_installed"].startswith("it did not beat")
+    assert out["steps"] == 2 and out["cpu_seconds"] > 0 and out["memory"] is True
     assert not (repo / ".git" / "cmc" / "model").exists()
     assert (repo / "rel-run" / "run" / "checkpoints").is_dir()

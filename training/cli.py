@@ -357,7 +357,13 @@ PERSONALIZE_DEFAULTS = {"max_steps": 200, "save_every": 50, "global_batch_size":
 )
 @click.option("--no-install", is_flag=True, help="Do not make the result this repository's model.")
 @click.option("--force", is_flag=True, help="Install the result even if it does not beat the base.")
-def train(repo, data, base, out, nproc, eval_limit, no_install, force, **trainer):
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="The result as one JSON object on stdout (scores, CPU seconds, installed or why not).",
+)
+def train(repo, data, base, out, nproc, eval_limit, no_install, force, as_json, **trainer):
     """Personalize the model on this repository's history (resumable: run it again to continue)."""
     from cmc.training.personalize import TrainOptions, personalize, report
 
@@ -368,7 +374,15 @@ def train(repo, data, base, out, nproc, eval_limit, no_install, force, **trainer
     config = TrainConfig(**trainer, warmup_steps=max(1, trainer["max_steps"] // 10))
     opts = TrainOptions(repo=repo, data=data, base=base, out=out, nproc=nproc, eval_limit=eval_limit,
                         install=not no_install, force=force, train=config)  # fmt: skip
-    click.echo(report(personalize(opts)))
+    if not as_json:
+        click.echo(report(personalize(opts)))
+        return
+    try:
+        result = personalize(opts)
+    except CmcError as exc:  # a script reads why in the same place as a result
+        click.echo(json.dumps({"installed": False, "error": str(exc)}))
+        raise
+    click.echo(json.dumps(result, indent=2))
 
 
 def _needs_train_extra(cmd: click.Command, name: str) -> None:

@@ -242,13 +242,15 @@ def run_eval(
     progress: bool = True,
     resume: bool = False,
     repos: str | Path | None = None,
+    repository: str | Path | None = None,
 ) -> dict:
     """Evaluate ``model`` (a model spec, or ``nngen``) and write metrics, predictions and a plot.
 
     With ``resume``, predictions already in ``OUT/predictions.jsonl`` (an interrupted run) are
     kept and only the missing ones are computed. With ``repos``, a folder of local clones or
     snapshots (``OWNER+NAME/repo``, as `cmc data mine --root` finds them), each row draws on its
-    repository's memory as of its commit's parent (`cmc.memory.RowMemories`).
+    repository's memory as of its commit's parent (`cmc.memory.RowMemories`); with
+    ``repository``, every row on that one's (a repository's own history, as `cmc train` scores).
     """
     from tqdm import tqdm
 
@@ -262,6 +264,9 @@ def run_eval(
             found = find_repo(row.get("repo") or "", repos)
             if found is not None:
                 row["repository"] = str(found)
+    if repository is not None:
+        for row in rows:
+            row["repository"] = str(repository)
     if model == "nngen":
         completer = NNGen(load_split(train or data, "train"))
 

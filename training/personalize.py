@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -86,14 +87,26 @@ def tokenize(data: Path, base: str, out: Path) -> Path:
     return tokens
 
 
-def score_model(model: str, data: Path, out: Path, limit: int) -> dict:
+def score_model(
+    model: str, data: Path, out: Path, limit: int, repository: str | None = None
+) -> dict:
+    """`cmc eval` of ``model`` on the newest commits (the validation part), history on; with
+    ``repository``, with its memory as each commit's author had it (as completions will be)."""
     from cmc.training.evaluate import run_eval
 
     if (out / "metrics.json").exists():
         return json.loads((out / "metrics.json").read_text())
-    return run_eval(
-        str(data), model, list(EVAL_RATIOS), [True], limit, out, split="validation", resume=True
-    )
+    return run_eval(str(data), model, list(EVAL_RATIOS), [True], limit, out, split="validation",
+                    resume=True, repository=repository)  # fmt: skip
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (torchrun and its workers)."""
+    import resource
+
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def run_trainer(opts: TrainOptions, tokens: Path, base: str, run: Path) -> int:
@@ -155,7 +168,7 @@ def finished_step(run: Path) -> int:
 def personalize(opts: TrainOptions) -> dict:
     from cmc.gitctx import GitRepo
     from cmc.model import check_model_spec
-    from cmc.settings import Settings, personalized_model_dir, resolve_model
+    from cmc.settings import Settings, resolve_model
 
     if not opts.repo and not opts.data:
         opts.repo = "."
@@ -190,9 +203,42 @@ def personalize(opts: TrainOptions) -> dict:
 
     commits = git_repo.commit_count() if git_repo is not None and not opts.data else None
     _say(plan_line(opts, commits))
+    spent = _CpuLedger(out / "cpu.json")
+    try:
+        return _personalize(
+            opts, out, base, git_dir, spent, repository=None if opts.data else opts.repo
+        )
+    finally:
+        spent.close()
+
+
+class _CpuLedger:
+    """CPU seconds spent on a run folder, across the invocations that resumed it."""
+
+    def __init__(self, path: Path):
+        self.path, self.started = path, cpu_seconds()
+        try:
+            self.before = float(json.loads(path.read_text())["cpu_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.before = 0.0
+
+    def total(self) -> float:
+        return self.before + cpu_seconds() - self.started
+
+    def close(self) -> None:
+        try:
+            self.path.write_text(json.dumps({"cpu_seconds": round(self.total(), 1)}))
+        except OSError:
+            pass
+
+
+def _personalize(opts: TrainOptions, out: Path, base: str, git_dir: Path | None,
+                 spent: _CpuLedger, repository: str | None) -> dict:  # fmt: skip
+    from cmc.settings import personalized_model_dir
+
     data = prepare_data(opts, out)
     tokens = tokenize(data, base, out)
-    before = score_model(base, data, out / "eval-before", opts.eval_limit)
+    before = score_model(base, data, out / "eval-before", opts.eval_limit, repository)
     run = out / "run"
     code = run_trainer(opts, tokens, base, run)
     step = finished_step(run)
@@ -209,21 +255,27 @@ def personalize(opts: TrainOptions) -> dict:
 
     model_dir = export_checkpoint(run, out / "model")
     shutil.rmtree(out / "eval-after", ignore_errors=True)
-    after = score_model(str(model_dir), data, out / "eval-after", opts.eval_limit)
+    after = score_model(str(model_dir), data, out / "eval-after", opts.eval_limit, repository)
     result = {
         "base": base,
         "model": str(model_dir),
         "before": before["scores"],
         "after": after["scores"],
+        "steps": step,
+        "scored_commits": before.get("examples"),
+        "memory": repository is not None,
     }
     worse = not_better(result["after"], result["before"])
     result["better"] = not worse
-    if opts.install and git_dir is not None and not (result["better"] or opts.force):
+    result["installed"] = False
+    if not opts.install or git_dir is None:
+        result["not_installed"] = "--no-install" if not opts.install else "no repository (--data)"
+    elif not (result["better"] or opts.force):
         result["not_installed"] = (
             "it did not beat the current model on this repository's newest commits: "
             + "; ".join(worse)
         )
-    elif opts.install and git_dir is not None:
+    else:
         target = personalized_model_dir(git_dir)
         tmp = target.with_name("model.new")
         shutil.rmtree(tmp, ignore_errors=True)
@@ -231,6 +283,8 @@ def personalize(opts: TrainOptions) -> dict:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         result["installed"] = str(target)
+    result["cpu_seconds"] = round(spent.total(), 1)
+    result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     (out / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -271,6 +325,12 @@ def report(result: dict) -> str:
         )
     if result.get("installed"):
         lines.append(f"this repository now uses {result['installed']}")
-    elif result.get("not_installed"):
+    elif result.get("not_installed", "").startswith("it did not beat"):
         lines.append(f"not installed: {result['not_installed']} (--force installs it anyway)")
+    elif result.get("not_installed"):
+        lines.append(f"not installed: {result['not_installed']}")
+    if result.get("cpu_seconds") is not None:
+        lines.append(
+            f"{result['steps']} steps, {result['cpu_seconds'] / 60:.1f} CPU-minutes in all"
+        )
     return "\n".join(lines)
