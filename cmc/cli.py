@@ -270,6 +270,9 @@ def hook_status(repo):
         click.echo(f"runtime: {runtime_for(settings.model)}")
     click.echo(f"timeout: {settings.timeout:g}s")
     click.echo(_memory_line(git_repo) if settings.memory else "memory: off (cmc.memory false)")
+    from cmc.learn import status_line
+
+    click.echo(status_line(git_repo.common_dir, settings))
 
 
 @hook.command("run", hidden=True)

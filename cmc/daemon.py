@@ -224,6 +224,9 @@ def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int
     threading.Thread(target=server.watch_idle, daemon=True).start()
     threading.Thread(target=_warm_up, args=(server,), daemon=True).start()
     threading.Thread(target=server.memory_loop, daemon=True).start()
+    from cmc.learn import learn_loop
+
+    threading.Thread(target=learn_loop, args=(server.service, path.parent), daemon=True).start()
     if prefetch_enabled():
         threading.Thread(target=server.prefetch_loop, daemon=True).start()
     print(f"cmc {__version__} serving on {path} (pid {os.getpid()})", file=sys.stderr, flush=True)

@@ -270,9 +270,11 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
                     _write_atomically(path, noted)
             return 0
         messages = [c.message for c in completion.candidates]
-        text = msgfile.render(
-            parsed, messages[0], messages[1:], editor_opens=editor, cleanup=settings.cleanup
-        )
+        from cmc.learn import announce_once
+
+        note = announce_once(repo.common_dir) if settings.learn else None
+        text = msgfile.render(parsed, messages[0], messages[1:], editor_opens=editor,
+                              cleanup=settings.cleanup, note=note and f"cmc: {note}.")  # fmt: skip
         _write_atomically(path, text)
         _log(git_dir, f"suggested in {completion.latency_ms:.0f} ms with {completion.model}")
     except Exception as exc:

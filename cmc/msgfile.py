@@ -88,18 +88,28 @@ def comments_stripped(cleanup: str, editor_opens: bool) -> bool:
 
 
 def render(
-    parsed: MessageFile, best: str, alternatives: list[str], *, editor_opens: bool, cleanup: str
+    parsed: MessageFile,
+    best: str,
+    alternatives: list[str],
+    *,
+    editor_opens: bool,
+    cleanup: str,
+    note: str | None = None,
 ) -> str:
     """The file cmc writes: the best message; then, where git will strip them, the alternatives
-    as comments; then git's own lines, as they were. With no editor, only the message."""
+    and ``note`` as comments; then git's own lines, as they were. With no editor, only the
+    message."""
     if not editor_opens:
         return best.rstrip("\n") + "\n"
     lines = [best.rstrip("\n"), ""]
     comment = parsed.comment
-    if alternatives and comment is not None and comments_stripped(cleanup, editor_opens):
+    stripped = comment is not None and comments_stripped(cleanup, editor_opens)
+    if alternatives and stripped:
         lines.append(f"{comment} cmc: other suggestions (copy one above to use it):")
         for alt in alternatives:
             lines += [f"{comment}   {piece}" for piece in alt.split("\n")]
+    if note and stripped:
+        lines.append(f"{comment} {note}")
     lines += parsed.rest
     return "\n".join(lines).rstrip("\n") + "\n"
 

@@ -65,7 +65,7 @@ class CompletionService:
         self.prefetched = 0  # completions computed ahead of a request (for tests and benchmarks)
         self._count = threading.Lock()
         self._replay: OrderedDict[tuple, CompleteRequest] = OrderedDict()
-        self.seen: dict[str, bool] = {}  # repositories served, and whether they use a memory
+        self.seen: dict[str, Any] = {}  # repositories served, with their latest settings
 
     def complete(self, request: CompleteRequest, cancelled: Any = None) -> tuple[Completion, int]:
         """Completion for a repository's staged change, and how many prompt tokens were reused
@@ -98,7 +98,7 @@ class CompletionService:
         from cmc.decoding.beam import PromptCache
 
         key = (str(repo.git_dir), settings)
-        self.seen[str(repo.cwd)] = settings.memory and settings.history
+        self.seen[str(repo.cwd)] = settings
         # The memory's file too: a build finished in the background changes what is recalled.
         state = (repo.index_state(), memory.stamp(repo.common_dir) if settings.memory else None)
         entry = self.repos.get(key)
@@ -183,9 +183,9 @@ class CompletionService:
         from cmc.gitctx import repo_at
 
         behind = []
-        for path, wanted in list(self.seen.items()):
+        for path, settings in list(self.seen.items()):
             try:
-                if wanted and memory.behind(repo_at(path)):
+                if settings.memory and settings.history and memory.behind(repo_at(path)):
                     behind.append(path)
             except Exception:  # a repository that went away
                 self.seen.pop(path, None)

@@ -27,6 +27,7 @@ DEFAULT_SOURCES = ("", "template")  # message sources the hook acts on unless `c
 DEFAULT_TICKET_PATTERN = r"[A-Z][A-Z0-9]{1,9}-\d+"  # cmc.ticketPattern
 DEFAULT_WAIT_S = 30.0  # how long `cmc complete` and editors wait for a busy daemon
 DEFAULT_IDLE_S = 900.0  # a daemon without requests for this long exits
+DEFAULT_LEARN_STEPS = 200  # `cmc train`'s default
 
 # Every environment variable cmc reads (`cmc hook status` and the README list them).
 ENVIRONMENT = {
@@ -39,6 +40,7 @@ ENVIRONMENT = {
     "CMC_PRECISION": "int8 or float32: the weight products of cmc's runtime",
     "CMC_MATMUL": "numpy: weight products on numpy instead of onnxruntime",
     "CMC_DTYPE": "torch dtype of the transformers runtime on the CPU (default float32)",
+    "CMC_LEARN": "0/false: the daemon does not learn repositories in the background",
 }
 
 BUNDLED_MODEL = Path(__file__).parent / "default_model"
@@ -238,6 +240,8 @@ class Settings:
     author_name: str | None = None
     author_email: str | None = None
     memory: bool = True  # the repository's memory: built in the background, used (cmc.memory)
+    learn: bool = True  # the daemon learns the repository in the background (cmc.learn, CMC_LEARN)
+    learn_steps: int = DEFAULT_LEARN_STEPS  # how long a background run trains (cmc.learnSteps)
     ticket: bool = True  # start an empty message with the branch's ticket (cmc.ticket)
     ticket_pattern: str = DEFAULT_TICKET_PATTERN
 
@@ -263,6 +267,8 @@ class Settings:
             history=cfg.boolean("cmc.history", True) if history is None else history,
             daemon=cfg.boolean("cmc.daemon", True),
             memory=cfg.boolean("cmc.memory", True),
+            learn=cfg.boolean("cmc.learn", True) and env_flag("CMC_LEARN", default=True),
+            learn_steps=int(cfg.number("cmc.learnSteps", DEFAULT_LEARN_STEPS, 1, integer=True)),
             timeout=cfg.number("cmc.timeout", DEFAULT_TIMEOUT_S, 0.001),
             candidates=int(cfg.number("cmc.candidates", DEFAULT_CANDIDATES, 1, integer=True)),
             sources=_sources(cfg.get("cmc.sources")),
@@ -281,6 +287,8 @@ class Settings:
             "model": self.model,
             "history": self.history,
             "memory": self.memory,
+            "learn": self.learn,
+            "learn_steps": self.learn_steps,
             "exclude": list(self.exclude),
             "author_name": self.author_name,
             "author_email": self.author_email,
@@ -296,16 +304,19 @@ class Settings:
             raise ValueError("settings.model must be a model path or hub id")
         if not isinstance(history, bool):
             raise ValueError("settings.history must be true or false")
-        memory = data.get("memory", True)
-        if not isinstance(memory, bool):
-            raise ValueError("settings.memory must be true or false")
+        memory, learn = data.get("memory", True), data.get("learn", True)
+        if not isinstance(memory, bool) or not isinstance(learn, bool):
+            raise ValueError("settings.memory and settings.learn must be true or false")
+        steps = data.get("learn_steps", DEFAULT_LEARN_STEPS)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError("settings.learn_steps must be a whole number of at least 1")
         if not isinstance(exclude, list) or not all(isinstance(p, str) for p in exclude):
             raise ValueError("settings.exclude must be a list of glob patterns")
         author = [data.get("author_name"), data.get("author_email")]
         if not all(a is None or isinstance(a, str) for a in author):
             raise ValueError("settings.author_name and author_email must be strings")
-        return cls(model=model, history=history, memory=memory, exclude=tuple(exclude),
-                   author_name=author[0], author_email=author[1])  # fmt: skip
+        return cls(model=model, history=history, memory=memory, learn=learn, learn_steps=steps,
+                   exclude=tuple(exclude), author_name=author[0], author_email=author[1])  # fmt: skip
 
 
 def inference_threads() -> int:
