@@ -179,7 +179,7 @@ def complete_context(
         lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled, support
     )
     if support is not None:  # what the search could not see coming (a whole word at once)
-        candidates = specifics.without_problems(candidates, support)
+        candidates = specifics.without_problems(candidates, typed, support)
     if context.recall is not None:
         from cmc.recalled import candidates as recalled_candidates
         from cmc.recalled import choose, fitted

@@ -41,8 +41,21 @@ _B64 = r"[A-Za-z0-9+/]"
 # test), so forty shapes cost about one scan; None: always.
 _KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
     (
-        ("AKIA", "ASIA", "ABIA", "ACCA", "AGPA", "AIDA", "AROA", "AIPA", "ANPA", "ANVA", "APKA"),
-        r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA)[0-9A-Z]{16}\b",
+        (
+            "AKIA",
+            "ASIA",
+            "ABIA",
+            "ACCA",
+            "AGPA",
+            "AIDA",
+            "AROA",
+            "AIPA",
+            "ANPA",
+            "ANVA",
+            "APKA",
+            "A3T",
+        ),
+        r"\b(?:AKIA|ASIA|ABIA|ACCA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA|APKA|A3T[A-Z0-9])[0-9A-Z]{16}\b",
     ),  # AWS key id
     (("ghp_", "gho_", "ghu_", "ghs_", "ghr_"), r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"),  # GitHub
     (("github_pat_",), r"\bgithub_pat_[A-Za-z0-9_]{30,}\b"),
@@ -76,18 +89,24 @@ _KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
     ),  # OpenAI, Anthropic
     (("AIza",), r"\bAIza[0-9A-Za-z_-]{35}\b"),  # Google API key
     (("ya29.",), r"\bya29\.[0-9A-Za-z_-]{20,}"),  # Google OAuth access token
-    (("eyJ",), r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}"),  # JWT
+    (("eyJ",), r"\beyJ[A-Za-z0-9_-]{10,}\.eyJ[A-Za-z0-9_=-]{10,}(?:\.[A-Za-z0-9_=+/-]*)?"),  # JWT
     (("npm_",), r"\bnpm_[A-Za-z0-9]{36}\b"),  # npm
     (("pypi-AgE",), r"\bpypi-AgE[A-Za-z0-9_-]{50,}"),  # PyPI
     (("hf_",), r"\bhf_[A-Za-z]{34}\b"),  # Hugging Face
     (("SG.",), r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b"),  # SendGrid
-    (("SK",), r"\bSK[0-9a-fA-F]{32}\b"),  # Twilio API key
+    (("SK", "AC"), r"\b(?:SK|AC)[0-9a-z]{32}\b"),  # Twilio API key, account id
+    (("-us",), r"\b[0-9a-f]{32}-us\d{1,2}\b"),  # Mailchimp
+    (("GR1348941",), r"\bGR1348941[\w-]{20,}"),  # GitLab runner registration
+    (("AKC", "AP"), r"\b(?:AKC[a-zA-Z0-9]{10,}|AP[\dA-F][a-zA-Z0-9]{8,})\b"),  # Artifactory
+    (
+        ("softlayer",),
+        r"(?<=api\.softlayer\.com/soap/v3/)[a-z0-9]{64}|(?<=api\.softlayer\.com/soap/v3\.1/)[a-z0-9]{64}",
+    ),
     (
         ("hvs.", "hvb.", "hvr."),
         r"\bhv[sbr]\.[A-Za-z0-9_-]{24,}",
     ),  # Vault service/batch/recovery tokens
     ((":AA",), r"\b\d{8,10}:AA[A-Za-z0-9_-]{33}\b"),  # Telegram bot
-    (None, r"\b[MNO][A-Za-z\d_-]{23,25}\.[A-Za-z\d_-]{6}\.[A-Za-z\d_-]{27,38}\b"),  # Discord bot
     (
         ("discord",),
         r"https://(?:ptb\.|canary\.)?discord(?:app)?\.com/api/webhooks/\d+/[A-Za-z0-9_-]{40,}",
@@ -122,17 +141,42 @@ _KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
     ),  # password hashes (htpasswd, shadow)
 ]
 _KNOWN = [(hints, re.compile(p)) for hints, p in _KNOWN_SHAPES]
+# A bot token in three dot-separated base64url parts (Discord's shape, and other services'): found
+# by its short middle part, which is rare, then checked whole (a scan for the whole shape at every
+# position cost a fifth of all the masking).
+_DOTTED_MIDDLE = re.compile(r"(?<=[A-Za-z\d_-])\.[A-Za-z\d_-]{6,7}\.(?=[A-Za-z\d_-]{27})")
+_DOTTED = re.compile(r"[A-Za-z\d_-]{23,28}\.[A-Za-z\d_-]{6,7}\.[A-Za-z\d_-]{27,40}")
+
+
+def _mask_dotted_tokens(text: str) -> str:
+    spans = []
+    for m in _DOTTED_MIDDLE.finditer(text):
+        start, end = m.start(), m.end()
+        while start > 0 and (text[start - 1].isalnum() or text[start - 1] in "_-"):
+            start -= 1
+        while end < len(text) and (text[end].isalnum() or text[end] in "_-"):
+            end += 1
+        token = text[start:end]
+        joined = token.replace(".", "")
+        if _DOTTED.fullmatch(token) and shannon_entropy(joined) >= 4.5 and _random_looking(joined):
+            spans.append((start, end))
+    for start, end in reversed(spans):
+        text = text[:start] + MASK + text[end:]
+    return text
+
 
 # name = "value" / name: value, for names that say the value is a secret.
 _KEYWORDS = (
-    r"password|passwd|passphrase|pass(?![\w.-])|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
+    r"password|passwd|passphrase|pass(?![\w.-])|pwd|(?<![a-z])pw(?![a-z])|secret|token|api[_-]?key|"
+    r"apikey|access[_-]?key|softlayer[\w-]*key|(?<![a-z])sl[_-]key|ibm[\w-]*key|"
+    r"cloudant[\w-]*(?:key|pw)|"
     r"private[_-]?key|client[_-]?secret|auth[_-]?key|key[_-]?data|signing[_-]?key|"
     r"encryption[_-]?key|master[_-]?key|session[_-]?key|webhook[_-]?url|dsn"
 )
 # Secrets that are a field of something: only the value is masked (named group "s").
 _FIELD_RULES = [
-    # scheme://user:password@host
-    r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@'\"]+:(?P<s>[^\s@/'\"]{3,})@[^\s'\"]",
+    # scheme://user:password@host, the user perhaps empty (redis://:PASSWORD@host)
+    r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@'\"]*:(?P<u>[^\s@/'\"]{3,})@[^\s'\"]",
     # Authorization: Bearer TOKEN / Basic B64 / Token ..., also in header dicts
     r"(?i:\b(?:authorization|proxy-authorization)\b[\"']?[ \t]*[:=][ \t]*[\"']?(?:bearer|basic|token|digest|bot)[ \t]+)(?P<s>[A-Za-z0-9._~+/=-]{8,})",
     r"(?i:\bbearer[ \t]+)(?P<s>[A-Za-z0-9._~+/-]{20,}=*)",
@@ -154,14 +198,33 @@ _FIELD_HINTS = [("://",), ("authorization",), ("bearer",), ("curl",),
                 ("sig=",), ("set ", "setenv"), ("</",), ("password",)]  # fmt: skip
 _FIELDS = [(h, re.compile(p)) for h, p in zip(_FIELD_HINTS, _FIELD_RULES, strict=True)]
 
-_KEYWORD_HINTS = ("pass", "pwd", "secret", "token", "key", "credential", "dsn", "webhook")
+_KEYWORD_HINTS = ("pass", "pw", "secret", "token", "key", "credential", "dsn", "webhook")
+# Words whose line may hold `name = value` for a name of `_KEYWORDS` (narrower than `_KEYWORD_HINTS`,
+# which gates the pass as a whole: "key" alone is in most lines of code).
+_HINTED_LINE = re.compile(
+    r"pass|pwd|pw|secret|token|api|access|private|auth|key.?data|signing|encryption|master|"
+    r"session|webhook|dsn|credential|softlayer|ibm|cloudant|sl.key"
+)
+# name = value, name: value, name := value, name == "value" (a comparison), name "value", a flag
+# `--name value`, name("value") (a constructor or assignment call), name[] = @"value".
 _ASSIGN = re.compile(
-    rf"""(?P<key>(?<![\w.-])[\w.-]*(?i:{_KEYWORDS})[\w.-]*["'\]]{{0,2}}[ \t]*(?::=|=>|=(?!=)|:(?!:))[ \t]*)"""
-    r"""(?P<value>"[^"\n]{3,}"|'[^'\n]{3,}'|`[^`\n]{3,}`|[^\s,;'"`)\]}]{6,})""",
+    rf"""(?P<key>(?<![\w.-])[\w.-]*(?i:{_KEYWORDS})[\w.-]*(?:\[\w*\])?["'\]]{{0,2}})"""
+    r"""(?P<op>[ \t]*(?::=|=>|[!=]==?|=|:(?!:))[ \t]*@?|[ \t]+|(?:\.assign)?\([ \t]*(?=["']))"""
+    r"""(?P<value>"[^"\n]{3,}"|'[^'\n]{3,}'|`[^`\n]{3,}`|[^\s'"`]{6,})""",
+)
+# "value" == password: a comparison written the other way round
+_REVERSED = re.compile(
+    rf"""(?P<value>"[^"\n]{{6,}}"|'[^'\n]{{6,}}')(?P<op>[ \t]*[!=]==?[ \t]*)"""
+    rf"""(?P<key>[\w.]*(?i:{_KEYWORDS})[\w.]*)"""
+)
+# Names of functions that take a secret's name, not its value: getSecret("db"), loadToken("x").
+_ACCESSOR = re.compile(
+    r"(?i)(?:^|[._])(?:get|set|read|load|fetch|find|has|is|check|validate|verify|create|make|"
+    r"generate|new|parse|encode|decode|hash|lookup|resolve|delete|remove|rotate)"
 )
 # values that only look assigned: code, placeholders, references
 _NOT_A_VALUE = re.compile(
-    r"""^["'`]?(?:[$@&(\[{:%].*|.*\(.*|[~^<>=v]*\d+(?:\.\d+)+\S*|\w+:|\{\{.*\}\}|<[^>]*>|\*+|x{3,}|\.\.\.|changeme|example|"""
+    r"""^["'`]?(?:[$@&(\[{:%#].*|[\w.$:!?<>\\]+\s*\(.*|[~^<>=v]*\d+(?:\.\d+)+\S*|\w+:|\{\{.*\}\}|<[^>]*>|\*+|x{3,}|\.\.\.|changeme|example|"""
     r"""dummy|placeholder|your[_-]\w+|none|null|nil|true|false|undefined|""|''|os\.environ.*|"""
     r"""env\[.*|process\.env.*|getenv.*|self\.\w+|this\.\w+|[\w.]+\(.*|\w+\.\w+(?:\.\w+)*|[\w.]+\[.*|"""
     r"""[a-z_]+|[a-z]+(?:[A-Z][a-z]+)+)["'`]?,?$""",
@@ -239,8 +302,10 @@ def _high_entropy(value: str) -> bool:
 
 
 def _mask_field(m: re.Match) -> str:
-    value = m.group("s")
-    if MASK in value or _NOT_A_VALUE.match(value):
+    named = m.groupdict()
+    value = named.get("s") or named.get("u")
+    placeholder = _NOT_A_VALUE.match(value) and not (named.get("u") and len(value) >= 12)
+    if MASK in value or placeholder:  # (a long password in a URL is one, whatever it looks like)
         return m.group(0)
     return m.group(0).replace(value, MASK)
 
@@ -256,19 +321,40 @@ def _mask_text(line: str) -> str:
             line = rule.sub(_mask_field, line)
 
     def assign(m: re.Match) -> str:
-        value = m.group("value")
-        if "[secret" in m.group(0) or _NOT_A_VALUE.match(value) or _PUBLIC.search(m.group("key")):
+        value, key, op = m.group("value"), m.group("key"), m.group("op")
+        tail = ""
+        if value[0] not in "\"'`":  # unquoted: what ends a statement or a list is not the value
+            core = value.rstrip(",;)]}")
+            core = core if core.count("{") >= core.count("}") else value.rstrip(",;)]")
+            tail, value = value[len(core) :], core
+            if len(value) < 6 or len(value) > 200 or re.fullmatch(r"[\w:]+!", value):
+                return m.group(0)  # too short; minified code; a macro (quote_spanned!)
+        if "[secret" in m.group(0) or _NOT_A_VALUE.match(value) or _PUBLIC.search(key):
             return m.group(0)
-        quote = value[0] if value[0] in "\"'`" else ""
-        return m.group("key") + quote + MASK + quote
+        quoted = value[0] in "\"'`"
+        if not op.strip():  # `password "x";` or a flag `--api-key X`; not `password reset`
+            flag = key.startswith("-") and (
+                quoted or _random_looking(value) or re.fullmatch(r"[0-9a-f]{32,}", value)
+            )
+            named = value[0] == '"' and re.search(rf"(?i:{_KEYWORDS})\W*$", key)
+            if not (flag or named):
+                return m.group(0)
+        if "(" in op and _ACCESSOR.search(key):
+            return m.group(0)  # getSecret("db"): a name, not the secret
+        quote = value[0] if quoted else ""
+        rebuilt = key + op + quote + MASK + quote + tail
+        return rebuilt if m.re is _ASSIGN else quote + MASK + quote + op + key
 
     if any(k in low for k in _KEYWORD_HINTS):  # only lines naming a secret go through this rule
-        parts = line.split("\n")
-        for i, part in enumerate(parts):
-            lowered = part.lower()
-            if any(k in lowered for k in _KEYWORD_HINTS):
-                parts[i] = _ASSIGN.sub(assign, part)
-        line = "\n".join(parts)
+        spans = []
+        for found in _HINTED_LINE.finditer(low if len(low) == len(line) else line.lower()):
+            if not spans or found.start() > spans[-1][1]:
+                start = line.rfind("\n", 0, found.start()) + 1
+                end = line.find("\n", found.end())
+                spans.append((start, len(line) if end < 0 else end))
+        for start, end in reversed(spans):
+            part = line[start:end]
+            line = line[:start] + _REVERSED.sub(assign, _ASSIGN.sub(assign, part)) + line[end:]
 
     def entropic(m: re.Match) -> str:
         value = m.group("s")
@@ -290,7 +376,173 @@ def mask_secrets(text: str) -> str:
         return text
     if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
         text = _mask_key_blocks(text)
-    return _mask_text(text)
+    return _mask_structures(_mask_text(text))
+
+
+# --- where the structure names the secret: cheap hints first --------------------------------------
+
+_MARK = r"[+ -]?"  # a diff line's marker, or none
+_BLOCK_SCALAR = re.compile(
+    rf"(?i)^(?P<ind>[ \t]*)[\w.-]*(?:{_KEYWORDS})[\w.-]*[\"']?:[ \t]*[|>][+-]?\d?[ \t]*$"
+)
+_XML_PAIR = re.compile(
+    rf"""(?i)<[\w:.-]+\b[^<>]*?\b(?:key|name|id|type)[ \t]*=[ \t]*["'][^"']*(?:{_KEYWORDS})[^"']*["']"""
+    r"""[^<>]*?\bvalue[ \t]*=[ \t]*(?P<q>["'])(?P<s>[^"'\n]{3,})(?P=q)"""
+)
+_XML_PAIR_BEFORE = re.compile(
+    rf"""(?i)<[\w:.-]+\b[^<>]*?\bvalue[ \t]*=[ \t]*(?P<q>["'])(?P<s>[^"'\n]{{3,}})(?P=q)"""
+    rf"""[^<>]*?\b(?:key|name|id|type)[ \t]*=[ \t]*["'][^"']*(?:{_KEYWORDS})[^"']*["']"""
+)
+_HEX_CALL = re.compile(
+    r"""(?i)(?:fromhex|unhexlify|hex2bin|hexdecode|decode_hex|from_hex|hex\.decode(?:string)?)"""
+    r"""[ \t]*\([ \t]*[bru]?(?P<q>["'])(?P<s>[0-9a-f]{32,})(?P=q)"""
+    r"""|Buffer\.from\([ \t]*(?P<q2>["'])(?P<s2>[0-9a-fA-F]{32,})(?P=q2)[ \t]*,[ \t]*["']hex"""
+)
+_CALL_ARG = re.compile(  # (from the call's parenthesis: scanning from every word cost 10x)
+    r"""(?<=[\w.])\((?:[^()\n]*?,)?[ \t]*(?:\w+[ \t]*=[ \t]*)?(?P<q>["'])(?P<s>[A-Za-z0-9+/_=-]{20,120})(?P=q)"""
+)
+_PROSE_PASSWORD = re.compile(
+    r"(?i:\b(?:password|passwd|passcode|pwd)\b)(?:[ \t]+(?i:is|was|of|to|for[ \t]+\S+[ \t]+is))?"
+    r"[ \t]*[:=]?[ \t]+(?P<s>[^\s,;]{3,})"
+)
+_SEPARATORS = (",", ";", "\t")
+_KEYWORD = re.compile(r"pass|secret|token|pwd|api_?key")  # searched in lower-cased text: 10x sooner
+
+
+def _keyword_lines(text: str):
+    """The lines of ``text`` holding a word that names a secret (found by the word, not by
+    matching every line)."""
+    low = text.lower()
+    if len(low) != len(text):  # a character whose lower case is longer: positions would shift
+        low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+    end = -1
+    for m in _KEYWORD.finditer(low):
+        if m.start() <= end:
+            continue
+        start = text.rfind("\n", 0, m.start()) + 1
+        end = text.find("\n", m.end())
+        end = len(text) if end < 0 else end
+        yield text[start:end]
+
+
+_HEADER_CELL = re.compile(r"""[\w ."'-]{1,40}""")
+
+
+def _csv_header(line: str) -> tuple[str, list[int], int] | None:
+    """(separator, the columns that name a secret, cells) of a separated header line, or None
+    when it is not one."""
+    body = line[1:] if line[:1] in "+- " else line
+    for sep in _SEPARATORS:
+        cells = body.split(sep)
+        if len(cells) >= 2 and all(_HEADER_CELL.fullmatch(c.strip() or "x") for c in cells):
+            cols = [j for j, c in enumerate(cells) if re.search(rf"(?i:{_KEYWORDS})", c)]
+            if cols:
+                return sep, cols, len(cells)
+    return None
+
+
+def _random_looking(value: str) -> bool:
+    """A string of all three character classes whose letters are not words (no lowercase run of
+    four or more letters follows another): keys, not identifiers."""
+    if len(re.findall(r"[a-z]{5,}", value)) >= 2 or re.fullmatch(r"[0-9a-fA-F-]+", value):
+        return False
+    classes = sum(bool(re.search(p, value)) for p in ("[a-z]", "[A-Z]", "[0-9]"))
+    return classes == 3 and shannon_entropy(value) >= 3.9
+
+
+def _password_like(word: str) -> bool:
+    """Whether a word after "password" in prose is one: a digit or symbol in it, or capitals
+    beyond the first letter."""
+    core = word.rstrip(".!?)\"'`")
+    if len(core) < 4 or core.startswith(("-", "$", "<", "{", "(", "[", "`")):
+        return False
+    if re.search(r"[\d\W_]", core):
+        return True
+    return not (core.isupper() or core.istitle() or core.islower())  # mixed: xQ9rT
+
+
+def _mask_csv(text: str) -> str:
+    """Values under a header cell that names a secret (a spreadsheet export), in the lines after
+    it that have as many cells."""
+    lines = text.split("\n")
+    column: tuple[str, list[int], int] | None = None  # separator, secret columns, cells
+    for i, line in enumerate(lines):
+        marker = line[:1] if line[:1] in "+- " else ""
+        body = line[len(marker) :]
+        if column is not None:
+            sep, cols, width = column
+            cells = body.split(sep)
+            if len(cells) != width:
+                column = None
+            else:
+                for c in cols:
+                    if cells[c].strip().strip("\"'") and MASK not in cells[c]:
+                        cells[c] = MASK
+                lines[i] = marker + sep.join(cells)
+                continue
+        if _KEYWORD.search(body.lower()):
+            column = _csv_header(body)
+    return "\n".join(lines)
+
+
+def _mask_block_scalars(text: str) -> str:
+    """A YAML block scalar under a name that says secret (``password: |`` and the value on the
+    lines below, indented deeper than the name)."""
+    lines = text.split("\n")
+    depth: int | None = None
+    for i, line in enumerate(lines):
+        marker = line[:1] if line[:1] in "+- " and len(line) > 1 else ""
+        body = line[len(marker) :]
+        indent = len(body) - len(body.lstrip(" \t"))
+        if depth is not None:
+            if body.strip() and indent > depth:
+                lines[i] = marker + body[:indent] + MASK
+                continue
+            if body.strip():
+                depth = None
+        found = _BLOCK_SCALAR.match(body)
+        if found:
+            depth = len(found.group("ind"))
+    return "\n".join(lines)
+
+
+def _mask_structures(text: str) -> str:
+    low = text.lower()
+    if ": |" in text or ": >" in text or ":|" in text:
+        text = _mask_block_scalars(text)
+    if "value" in low and "<" in text:
+        for rule in (_XML_PAIR, _XML_PAIR_BEFORE):
+            text = rule.sub(lambda m: m.group(0).replace(m.group("s"), MASK), text)
+    if "hex" in low:
+
+        def hexed(m: re.Match) -> str:
+            value = m.group("s") or m.group("s2")
+            return m.group(0).replace(value, MASK)
+
+        text = _HEX_CALL.sub(hexed, text)
+    if "(" in text:
+
+        def positional(m: re.Match) -> str:
+            value = m.group("s")
+            if _random_looking(value) and not _CHECKSUM_KEY.search(
+                m.string[max(0, m.start() - 40) : m.start()]
+            ):
+                return m.group(0).replace(value, MASK)
+            return m.group(0)
+
+        text = _CALL_ARG.sub(positional, text)
+    if any(k in low for k in ("password", "passwd", "passcode", "pwd")):
+
+        def prose(m: re.Match) -> str:
+            value = m.group("s")
+            if MASK in value or not _password_like(value) or _NOT_A_VALUE.match(value):
+                return m.group(0)
+            return m.group(0).replace(value, MASK)
+
+        text = _PROSE_PASSWORD.sub(prose, text)
+    if any(_csv_header(line) for line in _keyword_lines(text)):
+        text = _mask_csv(text)  # line by line, only where a header names a secret
+    return _mask_dotted_tokens(text) if "." in text else text
 
 
 def _mask_key_blocks(text: str) -> str:

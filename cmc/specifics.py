@@ -1,7 +1,7 @@
 """What a suggestion may state, so that a user can accept it without checking.
 
-A *specific* is a version (``3.0.0``, ``v1.2``), a file name with an extension (``ssl.md``), a path
-(``src/parser.py``) or a backticked name (```parse_config```). A suggestion may only state one that
+A *specific* is a version (``3.0.0``, ``v1.2``), a file name with an extension (``ssl.md``, also at
+the end of a path: ``src/parser.py``) or a backticked name (```parse_config```). A suggestion may only state one that
 its context holds — the changed lines and paths of the diff, the author's history, the typed text —
 because a made-up one is worse than a generic word: `bump to 3.0.0` when the diff bumps to 2.4.1.
 Versions come from the lines the diff changes, not from its unchanged context lines.
@@ -55,8 +55,9 @@ def specifics(text: str) -> list[str]:
 
     for m in BACKTICKED.finditer(text):
         add(m, 1)
-    for m in PATH.finditer(text):
-        add(m)
+    for m in PATH.finditer(text):  # a path counts for its file: src/x.py, not and/or or CI/CD
+        if "." in m.group(0).rstrip("/").rsplit("/", 1)[-1].strip("."):
+            add(m)
     for m in VERSION.finditer(text):
         add(m)
     for m in FILE_NAME.finditer(text):
@@ -172,9 +173,58 @@ def repair(message: str, typed: str, support: Support) -> str | None:
     return None if problems(fitted, support) else fitted
 
 
-def without_problems(candidates: list[Any], support: Support) -> list[Any]:
-    """The candidates (`cmc.decoding.Candidate`) whose message has no problem (`problems`)."""
-    return [c for c in candidates if not problems(c.message, support)]
+def _first_problem(text: str, start: int, support: Support) -> int | None:
+    """Where the first problem of ``text`` after ``start`` (the typed text's end) begins, the
+    word ``start`` falls in included (None: there is none)."""
+    start = text.rfind(" ", 0, start) + 1
+    found = []
+    for s in unsupported(text[start:], support):
+        at = text.find(s, start)
+        found.append(at if at >= 0 else start)
+    m = REPEATED_WORD.search(text, start)
+    if m:
+        found.append(m.end(1) + 1)  # the repetition, not the word repeated
+    m = DOUBLED.search(text, start)
+    if m:
+        found.append(m.start())
+    m = CI_MARKER.search(text, start)
+    if m and not support.ci_markers:
+        found.append(m.start())
+    return min(found) if found else None
+
+
+def cut_before_problem(message: str, typed: str, support: Support) -> str | None:
+    """``message`` up to the word before its first problem (a search that ran out of tokens in
+    the middle of a version, say); None when that adds no word to the typed text."""
+    at = _first_problem(message, len(typed), support)
+    if at is None:
+        return message
+    kept = message[:at]
+    kept = (
+        kept[: kept.rfind(" ") + 1]
+        if not kept[-1:].isspace() and " " in kept[len(typed) :]
+        else kept
+    )
+    kept = kept.rstrip(" ,;:-(`'\"")
+    return kept if len(kept) > len(typed) and kept[len(typed) :].strip() else None
+
+
+def without_problems(candidates: list[Any], typed: str, support: Support) -> list[Any]:
+    """The candidates (`cmc.decoding.Candidate`) whose continuation has no problem (`problems`);
+    when none is left, each cut before its first problem (`cut_before_problem`): a suggestion
+    that stops early is better than none, and than one that invents."""
+    from cmc.decoding import Candidate
+
+    clean = [c for c in candidates if _first_problem(c.message, len(typed), support) is None]
+    if clean or not candidates:
+        return clean
+    out, seen = [], set()
+    for c in candidates:
+        cut = cut_before_problem(c.message, typed, support)
+        if cut is not None and cut not in seen:
+            seen.add(cut)
+            out.append(Candidate(cut, cut[len(typed) :], c.score))
+    return out
 
 
 # --- while decoding ---------------------------------------------------------------------------------
@@ -185,9 +235,9 @@ _WORD_END = re.compile(r"\s")
 
 
 def looks_specific(word: str) -> bool:
-    """Whether a word (being) written is a specific: backticked, or word characters joined by
-    dots or slashes (a version ``3.0``, a file ``ssl.md``, a path ``src/x``; also the garbled
-    ``2..0`` a model may try instead)."""
+    """Whether a word (being) written is a specific: backticked, a version under way (``3.``
+    then a digit), a name with an extension (``ssl.md``; also the garbled ``2..0`` a model may try),
+    or a path (``src/x``, not ``and/or`` or ``CI/CD``: a file at its end, two slashes, or a root)."""
     core = word.strip(_LEAD + _TRAIL)
     if not core:
         return False
@@ -195,7 +245,10 @@ def looks_specific(word: str) -> bool:
         return True
     if re.match(r"v?\d+\.", core) and len(core) > 2:
         return True
-    return bool(re.search(r"\w[./]+\w", core)) and core.lower() not in _NOT_FILES
+    if "/" in core:
+        last = core.rstrip("/").rsplit("/", 1)[-1]
+        return core.count("/") >= 2 or core.startswith(("./", "../", "~/", "/")) or "." in last
+    return bool(re.search(r"\w\.+\w", core)) and core.lower() not in _NOT_FILES
 
 
 def _norm(word: str) -> str:

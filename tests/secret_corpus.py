@@ -233,6 +233,25 @@ def positives() -> list[tuple[str, str, str]]:
                      "set -x SECRET {s}", "client_secret={s}", "access_token = '{s}'",
                      "setenv DB_PASSWORD {s}", "<password>{s}</password>"):  # fmt: skip
         add("keyword", template, mixed(20))
+    # Where the structure, not a rule for the value, names the secret (round 2 of hardening).
+    add("csv-column", "user,password,role\nadmin,{s},owner", mixed(12) + "!")
+    add("csv-column", "+service;api_token;expires\n+billing;{s};2027-01-01", mixed(24))
+    add("yaml-block-scalar", "db:\n  password: |\n    {s}\n  host: db", mixed(16) + "#")
+    add("yaml-block-scalar", "+secret_key: >-\n+  {s}", mixed(30))
+    add("xml-attribute", '<add key="Password" value="{s}" />', mixed(14))
+    add("xml-attribute", '<property value="{s}" name="db.password"/>', mixed(14))
+    add("url-empty-user", "REDIS_URL=rediss://:{s}@cache.example.com:6380/0", mixed(20))
+    add("url-empty-user", "dsn = 'clickhouse://:{s}@ch:9000/default'", mixed(20))
+    add("hex-key", 'KEY = bytes.fromhex("{s}")', rnd(HEX, 64))
+    add("hex-key", "const key = Buffer.from('{s}', 'hex');", rnd(HEX, 64))
+    add("positional", 'client = ApiClient("{s}")', mixed(28))
+    add("positional", "stripe = Gateway(region='eu', key='{s}')", mixed(32))
+    add("dotted-bot-token", "BOT = {s}", f"{mixed(26)}.{mixed(6)}.{mixed(38)}")
+    add("message", "Move the job to prod and use password {s} for the new DB", mixed(10) + "$")
+    add("message", "Reset the admin password to {s} on staging", mixed(9) + "7")
+    add("comparison", 'if (api_key == "{s}") {{', mixed(24))
+    add("comparison", 'if ("{s}" === password) {{', mixed(24))
+    add("flag", "deploy --api-key {s} --region eu", mixed(32))
     return cases
 
 
@@ -285,4 +304,16 @@ def negatives() -> list[tuple[str, str]]:
         ("email-like", "Contact: admin@example.com"),
         ("number", "timeout = 30000"),
         ("regex", r'PATTERN = re.compile(r"^[A-Za-z0-9+/]{40}$")'),
+        ("csv-no-secret", "name,email,role\nada,ada@example.com,owner"),
+        ("yaml-block", "script: |\n  echo building\n  make test"),
+        ("xml-attribute", '<add key="PageSize" value="50" />'),
+        ("url", "postgres://localhost:5432/app"),
+        ("hex-call", "digest = bytes.fromhex(expected)"),
+        ("call", 'logger = logging.getLogger("cmc.memory.build")'),
+        ("call", 'render(template="UserProfileSettingsPage")'),
+        ("accessor", 'vault.getSecret("ProdDatabasePassword")'),
+        ("prose", "Fix password reset when the token expired"),
+        ("prose", "The PASSWORD MANAGER section is rewritten"),
+        ("flag", "git log --pretty-token-format short"),
+        ("dotted-name", "import com.example.payments.GatewayClientFactory"),
     ]

@@ -27,7 +27,7 @@ LEARNED_BAD = "Bump parser to 3.0.0 in Composer.php.php typo typo [skip ci]"
         ("bump to 3.0.0", ["3.0.0"], []),
         ("Update ultraviolet v0.1.0.0 in go.mod", ["v0.1.0.0", "go.mod"], []),
         ("Fix Composer.php.php", ["Composer.php.php"], ["doubled suffix"]),
-        ("move actions/actions/checkout", ["actions/actions/checkout"], ["doubled suffix"]),
+        ("move actions/actions/checkout", [], ["doubled suffix"]),  # a path counts for its file
         ("Fix typo typo typo fix typo", [], ["repeated word"]),
         ("[ci] [ci skip]", [], ["CI marker"]),
         ("Expose `FunctionAuth` e.g. for the client", ["FunctionAuth"], []),
