@@ -366,3 +366,26 @@ def test_resume_with_another_batch_size_continues_from_the_consumed_samples(
     )
     assert info["consumed"] == 4 * 6 + 3 * 3  # 24 samples at step 4, then 3 a step
     assert info["config"]["global_batch_size"] == 3 and info["config"]["seed"] == 7
+
+
+def test_training_only_the_last_layers_leaves_the_others_as_they_were(token_data, tmp_path):
+    """--train-layers 1: the cheaper fine-tune changes the last layer and the head only."""
+    from safetensors.torch import load_file
+
+    data, tok = token_data
+    out = tmp_path / "last-layer"
+    cmd = train_cmd(data, tok, out, 1, "--train-layers", "1")
+    cmd[cmd.index("--max-steps") + 1] = "2"
+    run(cmd)
+    before = load_file(str(out / "model_init" / "model.safetensors"))
+    exported = tmp_path / "exported"
+    run(["cmc", "checkpoint", "export", str(out), "--out", str(exported)])
+    after = load_file(str(exported / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k].to(before[k].dtype))}
+    last = max(int(k.split(".")[2]) for k in before if k.startswith("model.layers."))
+    tied = json.loads((out / "model_init" / "config.json").read_text()).get("tie_word_embeddings")
+    allowed = (f"model.layers.{last}.", "model.norm", "lm_head")
+    allowed += ("model.embed_tokens",) if tied else ()  # a tied head is the embedding
+    assert changed and all(k.startswith(allowed) for k in changed), changed
+    assert any(k.startswith(f"model.layers.{last}.") for k in changed)
+    assert not any(k.startswith("model.layers.0.") for k in changed)

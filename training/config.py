@@ -38,6 +38,9 @@ class TrainConfig:
     warmup_steps: int = field(default=100, metadata=_opt("steps of linear warmup"))
     weight_decay: float = field(default=0.1, metadata=_opt("AdamW weight decay"))
     grad_clip: float = field(default=1.0, metadata=_opt("gradient norm clip (0: none)"))
+    train_layers: int = field(
+        default=0, metadata=_opt("train only the last N layers and the head (0: all)")
+    )
     context_loss_weight: float = field(
         default=0.0,
         metadata=_opt("weight of the loss on the diff and history tokens (0: message tokens only)"),
@@ -158,7 +161,8 @@ def click_options(names: dict[str, Any]):
             if f.type in ("bool", bool):
                 fn = click.option(flag, is_flag=True, help=f.metadata["help"])(fn)
             else:
-                kind = {"int": click.IntRange(1) if name != "seed" else int, "float": float}.get(
+                low = 0 if name == "train_layers" else 1
+                kind = {"int": click.IntRange(low) if name != "seed" else int, "float": float}.get(
                     str(f.type), str
                 )
                 fn = click.option(

@@ -155,10 +155,13 @@ def build(cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.devi
     model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(device)
     model.config.use_cache = False
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+    if cfg.train_layers:
+        freeze_all_but_last(model, cfg.train_layers)
     model, layout = wrap_model(model, cfg, world, device, bf16)
     fused = device.type == "cuda"
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trained if p.ndim >= 2]
+    no_decay = [p for n, p in trained if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [
             {"params": decay, "weight_decay": cfg.weight_decay},
@@ -170,6 +173,18 @@ def build(cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.devi
         fused=fused,
     )
     return model, layout, optimizer, init, pad_id
+
+
+def freeze_all_but_last(model, layers: int) -> None:
+    """Train only the last ``layers`` decoder layers, the final norm and the output head (a
+    cheaper fine-tune: the backward pass stops there). The input embedding stays frozen unless the
+    head shares it."""
+    blocks = model.model.layers
+    keep = {id(p) for block in blocks[-layers:] for p in block.parameters()}
+    keep |= {id(p) for p in model.model.norm.parameters()}
+    keep |= {id(p) for p in model.lm_head.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in keep)
 
 
 def make_batch(
