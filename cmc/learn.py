@@ -251,7 +251,7 @@ def announce_once(common_dir: str | os.PathLike) -> str | None:
     return None
 
 
-def learn_loop(service: Any, folder: Path, every: float = 30.0) -> None:
+def learn_loop(service: Any, folder: Path, every: float = 15.0) -> None:
     """The daemon's learner: at most one `cmc train` at a time for this user (a lock in the
     daemon's folder), started for a repository it served when `why_not` allows and the machine
     has been idle for two looks in a row; paused while other work needs the cores or the

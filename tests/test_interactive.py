@@ -365,6 +365,9 @@ def test_language_server_asks_the_daemon_and_runs_no_git_per_keystroke(tmp_path,
     from pygls.lsp.client import LanguageClient
 
     repo = staged_repo(tmp_path / "repo", tiny_model)
+    # Its memory up to date first: the daemon's background build would be git processes too.
+    subprocess.run(["cmc", "memory", "build"], cwd=repo, env=cmc_env(), check=True,
+                   capture_output=True)  # fmt: skip
     bin_dir, calls = tmp_path / "bin", tmp_path / "git-calls.txt"
     bin_dir.mkdir()
     (bin_dir / "git").write_text(

@@ -88,7 +88,7 @@ def test_the_daemon_learns_a_repository_by_itself(tmp_path: Path, tiny_model: Pa
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert out.returncode == 0, out.stderr
         state_file = learn.state_path(repo / ".git")
-        deadline = time.time() + 900  # starts after two idle looks, 30 s apart; then trains
+        deadline = time.time() + 900  # starts after two idle looks, 15 s apart; then trains
         while not (state_file.exists() and json.loads(state_file.read_text()).get("finished")):
             assert time.time() < deadline, d.log.read_text()[-3000:]
             time.sleep(1)
