@@ -205,7 +205,7 @@ def cut_before_problem(message: str, typed: str, support: Support) -> str | None
         if not kept[-1:].isspace() and " " in kept[len(typed) :]
         else kept
     )
-    kept = kept.rstrip(" ,;:-(`'\"")
+    kept = kept.rstrip(" ,;(`'\"")  # ("release:" before an invented version is still a start)
     return kept if len(kept) > len(typed) and kept[len(typed) :].strip() else None
 
 
@@ -283,8 +283,13 @@ class SpecificsConstraint:
         self.allowed = sorted(words)
         self._prefixes: dict[str, bool] = {}
         stem = tail.strip()
+        # Only a half-typed *name* (backticked, or shaped like code: ``parse_co``, ``getUs``,
+        # ``v1.``): a half-typed word finished as a diff's identifier ("Environ" → the diff's
+        # "EnvironmentVariablesTests") cost B-Norm on the test repositories.
+        code = stem.startswith("`") or re.search(r"[_./\d]|[a-z][A-Z]", stem)
+        stem = stem.lstrip("`")
         names = support.identifiers | support.versions
-        near = [n for n in names if len(stem) > 1 and n.startswith(stem) and n != stem]
+        near = [n for n in names if code and len(stem) > 1 and n.startswith(stem) and n != stem]
         self.half = sorted(near)[:3]
 
     def _is_prefix(self, core: str) -> bool:
@@ -340,6 +345,7 @@ class SpecificsConstraint:
                     scores[row, token] = -np.inf
             if self.half and len(produced.encode()) >= len(self.tail.encode()):
                 word = text.split()[-1] if text.split() and not text[-1:].isspace() else ""
+                word = word.lstrip(_LEAD)
                 for ident in self.half:
                     if word and ident.startswith(word) and ident != word:
                         mask = self.table.allowed(ident[len(word) :].encode())
