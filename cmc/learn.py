@@ -157,7 +157,10 @@ class Learner:
             lowest_priority()
             die_with_parent()
 
-        log = open(repo.common_dir / "cmc" / "learn.log", "ab")  # noqa: SIM115 (the child's)
+        log_path = repo.common_dir / "cmc" / "learn.log"
+        if log_path.exists() and log_path.stat().st_size > 1_000_000:
+            log_path.replace(log_path.with_suffix(".log.1"))
+        log = open(log_path, "ab")  # noqa: SIM115 (the child's)
         try:
             proc = subprocess.Popen(
                 python_argv("cmc.cli", "train", "--repo", str(repo.cwd), "--json",
@@ -195,9 +198,12 @@ class Learner:
                         "not installed: " + str(result.get("not_installed", "")), finished=_now(),
                         before=_summary(result.get("before")), after=_summary(result.get("after")),
                         cpu_seconds=result.get("cpu_seconds"))  # fmt: skip
-        else:
-            write_state(self.common_dir, status=f"stopped (exit {code}); resumes next time",
-                        finished=_now(), commits_at_last_run=None)  # fmt: skip
+        elif code < 0 or code in (130, 143):  # stopped by a signal: it resumes next time
+            write_state(self.common_dir, status="stopped; resumes next time", finished=_now(),
+                        commits_at_last_run=None)  # fmt: skip
+        else:  # it failed: tried again once the repository has grown (not every idle minute)
+            write_state(self.common_dir, status=f"failed: {_last_error(self.common_dir)}",
+                        finished=_now())  # fmt: skip
         return True
 
     def stop(self) -> None:
@@ -207,6 +213,24 @@ class Learner:
                 os.killpg(self.proc.pid, signal.SIGTERM)
             except OSError:
                 pass
+
+
+def _last_error(common_dir: Path) -> str:
+    """The error line `cmc train --json` left in the learner's log (its last JSON object)."""
+    try:
+        with open(common_dir / "cmc" / "learn.log", "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode("utf-8", "replace").strip().splitlines()
+    except OSError:
+        return "see .git/cmc/learn.log"
+    for line in reversed(tail):
+        if line.startswith("{") and '"error"' in line:
+            try:
+                return str(json.loads(line)["error"])
+            except (ValueError, KeyError):
+                break
+    return tail[-1][:200] if tail else "see .git/cmc/learn.log"
 
 
 def _now() -> str:

@@ -45,7 +45,7 @@ MAX_FEATURES = 256  # the most frequent features kept per commit
 MAX_DIFF_CHARS = 16_000  # of one commit's changed lines, featurized
 BATCH = 500  # commits read per git log and saved together
 BUCKETS = 1 << 22  # hashed feature space
-MAX_MESSAGE_CHARS = 2_000  # of a message kept (no suggestion is longer; a hostile one is)
+MAX_MESSAGE_CHARS = 1_000  # of a message kept (no suggestion is longer; a hostile one is)
 FILE = "memory.npz"
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")

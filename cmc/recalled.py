@@ -44,7 +44,7 @@ def _subject_or_body(text: str, typed: str) -> str:
     return text if "\n" in typed else text.split("\n", 1)[0].rstrip()
 
 
-def candidates(recall: Any, typed: str, k: int = 3, infix: bool = True) -> list[Recalled]:
+def candidates(recall: Any, typed: str, k: int = 3) -> list[Recalled]:
     """What the memory offers for ``typed``: messages continuing it exactly; with nothing typed the
     most alike commits' subjects; else messages continuing its last words."""
     if recall is None or not len(recall):
@@ -71,7 +71,7 @@ def candidates(recall: Any, typed: str, k: int = 3, infix: bool = True) -> list[
             add(message, similarity, "prefix")
             if len(found) == k:
                 return found
-    if infix and not found and "infix" in OFFERED:
+    if not found and "infix" in OFFERED:
         found += _infix(recall, typed, k)
     return found
 

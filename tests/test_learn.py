@@ -49,14 +49,19 @@ def test_other_work_on_the_cores_is_seen_and_the_learner_pauses(tmp_path: Path):
         (common / "cmc").mkdir(parents=True)
         learner = learn.Learner("repo", common, sleeper)
 
-        def state() -> str:
-            stat = Path(f"/proc/{sleeper.pid}/stat").read_text()
-            return stat[stat.rindex(")") + 2]
+        def state(wanted: str) -> str:  # signals arrive soon, not at once: wait for it
+            deadline = time.time() + 30
+            while True:
+                stat = Path(f"/proc/{sleeper.pid}/stat").read_text()
+                now = stat[stat.rindex(")") + 2]
+                if now in wanted or time.time() > deadline:
+                    return now
+                time.sleep(0.05)
 
         learner.pause(True)
-        assert state() == "T" and learn.read_state(common)["status"].startswith("paused")
+        assert state("T") == "T" and learn.read_state(common)["status"].startswith("paused")
         learner.pause(False)
-        assert state() in "SR" and learn.read_state(common)["status"] == "learning"
+        assert state("SR") in "SR" and learn.read_state(common)["status"] == "learning"
         learner.stop()
         sleeper.wait(timeout=30)
         assert learner.finish()
@@ -100,3 +105,18 @@ def test_the_daemon_learns_a_repository_by_itself(tmp_path: Path, tiny_model: Pa
         assert "learning: " in status and "at 0 / 25 / 50% typed" in status
     finally:
         d.kill()
+
+
+def test_a_failed_run_waits_for_the_repository_to_grow(tmp_path: Path):
+    common = tmp_path / "git"
+    (common / "cmc").mkdir(parents=True)
+    learn.write_state(common, commits_at_last_run=400, status="learning")
+    (common / "cmc" / "learn.log").write_text(
+        'cmc train: mines 400 commits\n{"installed": false, "error": "too few commits to learn from: 9"}\n'
+    )
+    failed = subprocess.Popen([sys.executable, "-c", "raise SystemExit(1)"])
+    failed.wait()
+    assert learn.Learner("repo", common, failed).finish()
+    state = learn.read_state(common)
+    assert state["status"] == "failed: too few commits to learn from: 9"
+    assert state["commits_at_last_run"] == 400  # not retried at the next idle minute
