@@ -116,7 +116,8 @@ def trust(records: list[dict], contexts: dict[Any, Any]) -> dict[str, float]:
     """Shares (%) of suggestions a user could not accept unchecked (`cmc.specifics`): stating a
     version, file name or backticked name that the diff's changed lines and paths, the history and
     the typed text do not hold; a repeated word; a doubled suffix or path; a CI marker the author
-    does not use. ``Unsupported-real``: the same for the real messages."""
+    does not use (each only where the typed text alone does not have it). ``Unsupported-real``:
+    the same for the real messages."""
     from cmc import specifics
 
     counts = dict.fromkeys((*TRUST, "Unsupported-real"), 0)
@@ -127,7 +128,10 @@ def trust(records: list[dict], contexts: dict[Any, Any]) -> dict[str, float]:
         counts["Unsupported-real"] += bool(
             specifics.unsupported(r["prefix"] + r["target"], support)
         )
-        found = specifics.degenerate(suggestion, support)
+        # (what the typed text itself has is the author's, not the suggestion's)
+        found = set(specifics.degenerate(suggestion, support)) - set(
+            specifics.degenerate(r["prefix"], support)
+        )
         counts["Repeated"] += "repeated word" in found
         counts["Doubled"] += "doubled suffix" in found
         counts["CI-marker"] += "CI marker" in found
