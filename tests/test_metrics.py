@@ -120,3 +120,27 @@ def test_an_interrupted_evaluation_resumes_with_what_it_had(tmp_path, tiny_model
     assert full["scores"]["history@0"]["Copy-n"] == 0  # it names no identifier
     assert again["scores"]["history@0"]["B-Norm"] < 99  # the kept predictions were used, not redone
     assert again["scores"]["history@0.5"] == full["scores"]["history@0.5"]  # the rest computed
+
+
+def test_trust_columns_count_what_the_suggestion_adds():
+    from cmc.complete import Context
+    from cmc.training.evaluate import trust
+
+    diff = "setup.cfg\n-version = 2.3.0\n+version = 2.4.1"
+    contexts = {1: Context(diff), 2: Context(diff), 3: Context(diff), 4: Context(diff)}
+    records = [
+        {"id": 1, "prefix": "Bump to ", "prediction": "3.0.0", "target": "2.4.1"},  # invented
+        {"id": 2, "prefix": "Bump to ", "prediction": "2.4.1", "target": "2.4.1 in setup.cfg"},
+        {"id": 3, "prefix": "Fix the the", "prediction": " parser", "target": " tests"},  # typed
+        {
+            "id": 4,
+            "prefix": "",
+            "prediction": "Fix typo typo in Composer.php.php [skip ci]",
+            "target": "x",
+        },
+    ]
+    shares = trust(records, contexts)
+    assert shares["Unsupported"] == 50.0  # 3.0.0; Composer.php.php
+    assert shares["Repeated"] == 25.0  # record 4 only: record 3's repetition was typed
+    assert shares["Doubled"] == 25.0 and shares["CI-marker"] == 25.0
+    assert shares["Unsupported-real"] == 0.0
