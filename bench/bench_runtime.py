@@ -269,10 +269,15 @@ def user_install(tmp: Path) -> list[str]:
                                 "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                                capture_output=True, text=True, check=True).stdout.strip())  # fmt: skip
     (site / "dev-dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    import shutil
+
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # an in-tree build reuses what it finds there
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
                     "--no-build-isolation", "--target", str(site), str(ROOT)], check=True,
                    capture_output=True)  # fmt: skip
-    return [str(venv / "bin" / "python"), "-m", "cmc.cli"]
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
+    # -P: never the source tree of the folder it runs from (cmc.training lives in training/ there)
+    return [str(venv / "bin" / "python"), "-P", "-m", "cmc.cli"]
 
 
 def cold_complete(repo: Path, env: dict, reps: int) -> list[float]:

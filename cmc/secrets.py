@@ -79,10 +79,8 @@ _KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
         ("hooks.slack.com",),
         r"https://hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9+/_-]{20,}",
     ),
-    (
-        ("_live_", "_test_", "_prod_"),
-        r"\b(?:sk|rk)_(?:live|test|prod)_[0-9A-Za-z]{10,}\b",
-    ),  # Stripe secret / restricted
+    (("sk_",), r"sk_(?:live|test|prod)_[0-9A-Za-z]{10,}\b"),  # Stripe secret
+    (("rk_",), r"rk_(?:live|test|prod)_[0-9A-Za-z]{10,}\b"),  # Stripe restricted
     (
         ("sk-",),
         r"\bsk-(?:proj-|ant-(?:api|admin)\d\d-|live-|test-|svcacct-)?[A-Za-z0-9_-]{20,}\b",
@@ -94,10 +92,12 @@ _KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
     (("pypi-AgE",), r"\bpypi-AgE[A-Za-z0-9_-]{50,}"),  # PyPI
     (("hf_",), r"\bhf_[A-Za-z]{34}\b"),  # Hugging Face
     (("SG.",), r"\bSG\.[A-Za-z0-9_-]{22}\.[A-Za-z0-9_-]{43}\b"),  # SendGrid
-    (("SK", "AC"), r"\b(?:SK|AC)[0-9a-z]{32}\b"),  # Twilio API key, account id
+    (("SK",), r"SK[0-9a-z]{32}\b"),  # Twilio API key (a leading \b would stop the literal search)
+    (("AC",), r"AC[0-9a-z]{32}\b"),  # Twilio account id
     (("-us",), r"\b[0-9a-f]{32}-us\d{1,2}\b"),  # Mailchimp
     (("GR1348941",), r"\bGR1348941[\w-]{20,}"),  # GitLab runner registration
-    (("AKC", "AP"), r"\b(?:AKC[a-zA-Z0-9]{10,}|AP[\dA-F][a-zA-Z0-9]{8,})\b"),  # Artifactory
+    (("AKC",), r"AKC[a-zA-Z0-9]{10,}\b"),  # Artifactory
+    (("AP",), r"AP[\dA-F][a-zA-Z0-9]{8,}\b"),
     (
         ("softlayer",),
         r"(?<=api\.softlayer\.com/soap/v3/)[a-z0-9]{64}|(?<=api\.softlayer\.com/soap/v3\.1/)[a-z0-9]{64}",
@@ -141,6 +141,7 @@ _KNOWN_SHAPES: list[tuple[tuple[str, ...] | None, str]] = [
     ),  # password hashes (htpasswd, shadow)
 ]
 _KNOWN = [(hints, re.compile(p)) for hints, p in _KNOWN_SHAPES]
+_ALL_HINTS = frozenset(h for hints, _ in _KNOWN_SHAPES for h in hints or ())
 # A bot token in three dot-separated base64url parts (Discord's shape, and other services'): found
 # by its short middle part, which is rare, then checked whole (a scan for the whole shape at every
 # position cost a fifth of all the masking).
@@ -310,11 +311,21 @@ def _mask_field(m: re.Match) -> str:
     return m.group(0).replace(value, MASK)
 
 
+def _whole_word(m: re.Match) -> str:
+    """A token shape found without a leading ``\b`` (so the engine looks for its literal start):
+    masked only where it starts a word."""
+    start = m.start()
+    if start and (m.string[start - 1].isalnum() or m.string[start - 1] == "_"):
+        return m.group(0)
+    return MASK
+
+
 def _mask_text(line: str) -> str:
     """Every rule but the key blocks, over the whole text at once (the regex engine scans it in C)."""
+    present = {h for h in _ALL_HINTS if h in line}  # each hint looked for once, not per rule
     for hints, rule in _KNOWN:
-        if hints is None or any(h in line for h in hints):
-            line = rule.sub(MASK, line)
+        if hints is None or not present.isdisjoint(hints):
+            line = rule.sub(MASK if rule.pattern.startswith("\\b") else _whole_word, line)
     low = line.lower()
     for hints, rule in _FIELDS:
         if any(h in low for h in hints):
@@ -485,9 +496,21 @@ def _mask_csv(text: str) -> str:
     return "\n".join(lines)
 
 
+_BLOCK_INDICATOR = re.compile(r"(?m):[ \t]*[|>][+-]?\d?[ \t]*$")
+
+
 def _mask_block_scalars(text: str) -> str:
     """A YAML block scalar under a name that says secret (``password: |`` and the value on the
     lines below, indented deeper than the name)."""
+    for m in _BLOCK_INDICATOR.finditer(text):  # the indicators first: a scan for the whole
+        start = text.rfind("\n", 0, m.start()) + 1  # header at every line start cost 7 ms
+        line = text[start : m.end()]
+        if _BLOCK_SCALAR.match(line[1:] if line[:1] in "+- " else line):
+            return text[:start] + _mask_block_scalar_lines(text[start:])
+    return text
+
+
+def _mask_block_scalar_lines(text: str) -> str:
     lines = text.split("\n")
     depth: int | None = None
     for i, line in enumerate(lines):
