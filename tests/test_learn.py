@@ -93,13 +93,20 @@ def test_the_daemon_learns_a_repository_by_itself(tmp_path: Path, tiny_model: Pa
                              capture_output=True, text=True, timeout=120)  # fmt: skip
         assert out.returncode == 0, out.stderr
         state_file = learn.state_path(repo / ".git")
-        deadline = time.time() + 900  # starts after two idle looks, 15 s apart; then trains
-        while not (state_file.exists() and json.loads(state_file.read_text()).get("finished")):
-            if time.time() > deadline:
-                state = json.loads(state_file.read_text()) if state_file.exists() else {}
-                if state.get("status") == learn.WAITING:  # right, on a machine never idle
+
+        def state() -> dict:
+            return json.loads(state_file.read_text()) if state_file.exists() else {}
+
+        started = time.time() + 240  # two idle looks 15 s apart, on a machine that is idle
+        while state().get("status") in (None, learn.WAITING):
+            if time.time() > started:
+                if state().get("status") == learn.WAITING:  # right, on a machine never idle
                     pytest.skip("the machine stayed busy: the learner rightly waited")
-                raise AssertionError(f"{state}\n{d.log.read_text()[-3000:]}")
+                raise AssertionError(f"{state()}\n{d.log.read_text()[-3000:]}")
+            time.sleep(1)
+        finished = time.time() + 600
+        while not state().get("finished"):
+            assert time.time() < finished, f"{state()}\n{d.log.read_text()[-3000:]}"
             time.sleep(1)
         state = json.loads(state_file.read_text())
         assert state["status"] == "installed" or state["status"].startswith("not installed")
