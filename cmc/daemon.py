@@ -157,31 +157,13 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 return
 
 
-def lowest_priority() -> None:
-    """In a child, before it runs: the lowest CPU priority, and idle I/O priority (Linux)."""
-    try:
-        os.nice(19)
-    except OSError:
-        pass
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import platform
-
-        number = {"x86_64": 251, "aarch64": 30}.get(platform.machine())  # ioprio_set
-        if number is not None:
-            try:  # IOPRIO_WHO_PROCESS, this process, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
-                ctypes.CDLL(None, use_errno=True).syscall(number, 1, 0, 3 << 13)
-            except (OSError, AttributeError):
-                pass
-
-
 MEMORY_BUILD_SECONDS = 600  # one background build's share; the next one goes on from there
 
 
 def start_memory_build(repo: str, folder: Path) -> subprocess.Popen | None:
     """`cmc memory build` for ``repo`` in a child at the lowest priority (its lines go to the
     daemon's log)."""
-    from cmc.spawn import python_argv, safe_env
+    from cmc.spawn import lowest_priority, python_argv, safe_env
 
     argv = python_argv("cmc.cli", "memory", "build", "--repo", repo,
                        "--seconds", str(MEMORY_BUILD_SECONDS))  # fmt: skip

@@ -150,8 +150,7 @@ class Learner:
 
     @classmethod
     def start(cls, repo: Any, folder: Path, commits: int, steps: int) -> Learner:
-        from cmc.daemon import lowest_priority
-        from cmc.spawn import die_with_parent, python_argv, safe_env
+        from cmc.spawn import die_with_parent, lowest_priority, python_argv, safe_env
 
         def prepare() -> None:  # its own group (paused as one), lowest priority, ends with us
             os.setpgrp()

@@ -55,3 +55,21 @@ def die_with_parent(sig: int = 15) -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def lowest_priority() -> None:
+    """In a child, before it runs: the lowest CPU priority, and idle I/O priority (Linux)."""
+    try:
+        os.nice(19)
+    except OSError:
+        pass
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import platform
+
+        number = {"x86_64": 251, "aarch64": 30}.get(platform.machine())  # ioprio_set
+        if number is not None:
+            try:  # IOPRIO_WHO_PROCESS, this process, IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT
+                ctypes.CDLL(None, use_errno=True).syscall(number, 1, 0, 3 << 13)
+            except (OSError, AttributeError):
+                pass
