@@ -272,7 +272,7 @@ def hook_status(repo):
     click.echo(_memory_line(git_repo) if settings.memory else "memory: off (cmc.memory false)")
     from cmc.learn import status_line
 
-    click.echo(status_line(git_repo.common_dir, settings))
+    click.echo(status_line(git_repo, settings))
 
 
 @hook.command("run", hidden=True)

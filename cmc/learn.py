@@ -75,9 +75,9 @@ def why_not(repo: Any, settings: Any, commits: int) -> str | None:
         return missing
     if commits < MIN_COMMITS:
         return f"{commits} commits; learning starts at {MIN_COMMITS}"
-    state = read_state(repo.common_dir)
-    grown = commits - int(state.get("commits_at_last_run", 0))
-    if state.get("commits_at_last_run") is not None and grown < GROWTH:
+    last = read_state(repo.common_dir).get("commits_at_last_run")
+    grown = commits - int(last or 0)
+    if last is not None and grown < GROWTH:
         return f"{grown} new commits since it last learned; again at {GROWTH}"
     return None
 
@@ -244,14 +244,14 @@ def _summary(scores: Any) -> dict | None:
             for k, v in scores.items()}  # fmt: skip
 
 
-def status_line(common_dir: str | os.PathLike, settings: Any) -> str:
-    """What `cmc hook status` says about learning this repository."""
+def status_line(repo: Any, settings: Any) -> str:
+    """What `cmc hook status` says about learning this repository (a `cmc.gitctx.GitRepo`)."""
     if not settings.learn:
         return "learning: off (git config cmc.learn false, or CMC_LEARN=0)"
-    state = read_state(common_dir)
+    state = read_state(repo.common_dir)
     if not state:
-        missing = train_extra_missing()
-        return f"learning: {missing}" if missing else "learning: not yet (the daemon starts it when the machine is idle)"  # fmt: skip
+        reason = why_not(repo, settings, repo.commit_count())
+        return f"learning: {reason or 'not yet (the daemon starts when the machine is idle)'}"
     line = f"learning: {state.get('status', '?')}"
     if state.get("finished"):
         line += f", {state['finished']}"

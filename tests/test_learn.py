@@ -131,3 +131,13 @@ def test_a_failed_run_waits_for_the_repository_to_grow(tmp_path: Path):
     state = learn.read_state(common)
     assert state["status"] == "failed: too few commits to learn from: 9"
     assert state["commits_at_last_run"] == 400  # not retried at the next idle minute
+
+
+def test_hook_status_says_why_it_does_not_learn_yet(tmp_path: Path):
+    repo = history_repo(tmp_path / "repo", 12)
+    out = subprocess.run(["cmc", "hook", "status"], cwd=repo, env=cmc_env(), capture_output=True,
+                         text=True).stdout  # fmt: skip
+    assert f"learning: 12 commits; learning starts at {learn.MIN_COMMITS}" in out
+    common = repo / ".git"
+    learn.write_state(common, commits_at_last_run=None, status="stopped; resumes next time")
+    assert learn.why_not(GitRepo(repo), Settings.load(repo, common), learn.MIN_COMMITS) is None
