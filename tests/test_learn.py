@@ -97,7 +97,7 @@ def test_the_daemon_learns_a_repository_by_itself(tmp_path: Path, tiny_model: Pa
         def state() -> dict:
             return json.loads(state_file.read_text()) if state_file.exists() else {}
 
-        started = time.time() + 240  # two idle looks 15 s apart, on a machine that is idle
+        started = time.time() + 120  # two idle looks 15 s apart, on a machine that is idle
         while state().get("status") in (None, learn.WAITING):
             if time.time() > started:
                 if state().get("status") == learn.WAITING:  # right, on a machine never idle
