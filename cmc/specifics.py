@@ -66,6 +66,14 @@ def specifics(text: str) -> list[str]:
     return [v for _, v in sorted(found)]
 
 
+def _names_in(text: str) -> set[str]:
+    names: set[str] = set()
+    for token in re.split(r"[\s,;:!?()\[\]{}<>\"'=]+", text):
+        token = token.strip(".`")
+        names.update(t for t in (token, *token.split("/")) if t)
+    return names
+
+
 def _versions(lines: Iterable[str]) -> set[str]:
     return {m.group(0).lstrip("v") for line in lines for m in VERSION.finditer(line)}
 
@@ -80,6 +88,15 @@ class Support:
     new_versions: list[str] = field(default_factory=list)  # of added lines, in order
     ci_markers: bool = False  # the author's own history uses them
     identifiers: set[str] = field(default_factory=set)  # of the diff, for half-typed words
+    _names: tuple[frozenset[str], list[str]] | None = field(default=None, compare=False, repr=False)
+
+    def names(self) -> tuple[frozenset[str], list[str]]:
+        """The whole names the context holds (words, paths and their parts, versions with and
+        without a ``v``), as a set and sorted: made once per context, extended by typed text."""
+        if self._names is None:
+            found = _names_in(self.text) | {"v" + v for v in self.versions} | set(self.versions)
+            self._names = (frozenset(found), sorted(found))
+        return self._names
 
     @classmethod
     def of(cls, diff: str, history: Iterable[str], typed: str = "") -> Support:
@@ -119,9 +136,16 @@ class Support:
         """This support with the typed text too (the user may state what they like)."""
         if not typed:
             return self
-        return Support(self.text + "\n" + typed.lower(), self.versions | _versions([typed]),
-                       self.old_versions, self.new_versions, self.ci_markers or
-                       bool(CI_MARKER.search(typed)), self.identifiers)  # fmt: skip
+        versions = _versions([typed])
+        extended = Support(self.text + "\n" + typed.lower(), self.versions | versions,
+                           self.old_versions, self.new_versions, self.ci_markers or
+                           bool(CI_MARKER.search(typed)), self.identifiers)  # fmt: skip
+        added = _names_in(typed.lower()) | {"v" + v for v in versions} | versions
+        base, ordered = self.names()  # (the context's, sorted once; a keystroke adds a few)
+        if added - base:
+            ordered = sorted(base | added)
+        extended._names = (base | added, ordered)
+        return extended
 
     def allows(self, specific: str) -> bool:
         if VERSION.fullmatch(specific):
@@ -275,12 +299,7 @@ class SpecificsConstraint:
         self.table, self.support, self.start = table, support, start
         self.head, self.tail = head, tail
         self.top, self.bonus = top, bonus
-        words: set[str] = {"v" + v for v in support.versions} | set(support.versions)
-        for token in re.split(r"[\s,;:!?()\[\]{}<>\"'=]+", support.text):
-            token = token.strip(".`")
-            words.update(t for t in (token, *token.split("/")) if t)
-        self.words = words
-        self.allowed = sorted(words)
+        self.words, self.allowed = support.names()
         self._prefixes: dict[str, bool] = {}
         stem = tail.strip()
         # Only a half-typed *name* (backticked, or shaped like code: ``parse_co``, ``getUs``,
