@@ -22,8 +22,10 @@ def test_pipx_install_then_commit_anywhere(repo: Path, tiny_model: Path, tmp_pat
     home = tmp_path / "pipx"
     env = {**os.environ, "PIPX_HOME": str(home / "home"), "PIPX_BIN_DIR": str(home / "bin"),
            "PIPX_MAN_DIR": str(home / "man")}  # fmt: skip
+    shutil.rmtree(ROOT / "build", ignore_errors=True)  # an in-tree build reuses what it finds there
     installed = subprocess.run(["pipx", "install", str(ROOT)], env=env, capture_output=True,
                                text=True, timeout=1200)  # fmt: skip
+    shutil.rmtree(ROOT / "build", ignore_errors=True)
     if installed.returncode != 0 and "Could not find a version" in installed.stderr:
         pytest.skip("the package registry cannot be reached here")
     assert installed.returncode == 0, installed.stderr[-3000:]
