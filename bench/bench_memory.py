@@ -201,17 +201,20 @@ def fit(data: str, repos: str, per_repo: int, out: Path, split: str) -> None:
             found = find_repo(row["repo"], repos)
             if found is None:
                 continue
-            plain = context_from_row(row)  # the model's candidates, without the memory's
-            recall = context_from_row({**row, "repository": str(found)}, True, memories).recall
+            context = context_from_row({**row, "repository": str(found)}, True, memories)
             for ratio in (0.0, 0.25, 0.5):
                 typed = typed_prefix(row["message"], ratio)
                 target = row["message"][len(typed) :]
-                model = complete_context(
-                    lm, plain, typed, DecodeSettings(num_candidates=5)
-                ).candidates
-                opts = recalled.options(model, recalled.candidates(recall, typed), typed)
+                offered, recalled.OFFERED = recalled.OFFERED, frozenset()
+                try:  # the model's candidates (decoded with the memory's votes, `cmc.knn`)
+                    model = complete_context(
+                        lm, context, typed, DecodeSettings(num_candidates=5)
+                    ).candidates
+                finally:
+                    recalled.OFFERED = offered
+                opts = recalled.options(model, recalled.candidates(context.recall, typed), typed)
                 labels = [bnorm(o.candidate.continuation, target) for o in opts]
-                features = recalled._features(opts, plain.history)
+                features = recalled._features(opts, context.history)
                 examples.append((row["repo"], ratio, features, labels))
                 f.write(json.dumps({"repo": row["repo"], "ratio": ratio, "kinds": [o.kind for o in opts],
                                     "features": features, "labels": labels}) + "\n")  # fmt: skip

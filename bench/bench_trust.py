@@ -5,7 +5,8 @@ support, or degenerate text, with and without `cmc.specifics`' decoder constrain
 
 `cmc eval` on the test repositories, history on, 0 / 25 / 50% typed, per arm (each resumes from
 its own predictions): the bundled model with the constraint off (cmc before it), with it on, and
-with it on and the repository memory. Prints B-Norm and EM@1 and the shares (%) of suggestions
+with it on and the repository memory: its votes while decoding (`cmc.knn`), its messages chosen
+beside the model's (`cmc.recalled`), and both (shipped). Prints B-Norm and EM@1 and the shares (%) of suggestions
 with an unsupported specific, a repeated word, a doubled suffix or path, a CI marker the author
 does not use; and of the real messages with an unsupported specific.
 """
@@ -19,10 +20,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-ARMS = {  # name: (constraint on, memory on)
-    "model, no constraint (before)": (False, False),
-    "model + constraint": (True, False),
-    "model + constraint + memory (shipped)": (True, True),
+ALL = frozenset({"prefix", "nearest", "infix"})
+ARMS = {  # name: (folder, constraint on, what the memory offers (cmc.recalled.OFFERED) or None
+    #       for no memory, the memory's votes while decoding (cmc.knn) on)
+    "model, no constraint (before)": ("model-no-constraint", False, None, False),
+    "model + constraint": ("model+constraint", True, None, False),
+    "+ the memory's votes only (kNN)": ("model+constraint+votes", True, frozenset(), True),
+    "+ the memory's messages, chosen (before the votes)": (
+        "model+constraint+memory",
+        True,
+        ALL,
+        False,
+    ),
+    "+ both (shipped)": ("model+constraint+memory+votes", True, ALL, True),
 }
 
 
@@ -33,7 +43,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=600)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-trust")
     args = ap.parse_args()
-    from cmc import specifics
+    from cmc import knn, recalled, specifics
     from cmc.decoding import DecodeSettings
     from cmc.settings import BUNDLED_MODEL
     from cmc.training.evaluate import run_eval
@@ -41,11 +51,11 @@ def main() -> int:
     settings = DecodeSettings(num_beams=5, max_new_tokens=15)
     rows = []
     real = None
-    for name, (constrain, memory) in ARMS.items():
-        specifics.CONSTRAIN = constrain
-        folder = args.out / name.split(" (")[0].replace(" + ", "+").replace(", ", "-").replace(
-            " ", "-"
-        )
+    for name, (folder, constrain, offered, votes) in ARMS.items():
+        specifics.CONSTRAIN, knn.ON = constrain, votes
+        recalled.OFFERED = offered or frozenset()
+        memory = offered is not None
+        folder = args.out / folder
         result = run_eval(args.data, str(BUNDLED_MODEL), [0.0, 0.25, 0.5], [True], args.limit,
                           folder, settings=settings, progress=False, resume=True,
                           repos=args.repos if memory else None)  # fmt: skip

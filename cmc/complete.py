@@ -175,9 +175,10 @@ def complete_context(
     from cmc import specifics
 
     support = context.support(typed) if specifics.CONSTRAIN else None
-    candidates = generate_candidates(
-        lm.model, lm.tokenizer, prompt, typed, settings, cache, cancelled, support
-    )
+    from cmc import knn
+
+    candidates = generate_candidates(lm.model, lm.tokenizer, prompt, typed, settings, cache,
+                                     cancelled, support, context.recall if knn.ON else None)  # fmt: skip
     if support is not None:  # what the search could not see coming (a whole word at once)
         candidates = specifics.without_problems(candidates, typed, support)
     if context.recall is not None:

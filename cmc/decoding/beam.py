@@ -96,6 +96,13 @@ class TokenTable:
             self._newline = frozenset(i for i, b in enumerate(self.bytes) if b and b"\n" in b)
         return self._newline
 
+    def digit_ids(self) -> frozenset[int]:
+        if not hasattr(self, "_digits"):
+            self._digits = frozenset(
+                i for i, b in enumerate(self.bytes) if b and any(48 <= c <= 57 for c in b)
+            )
+        return self._digits
+
     def text(self, ids: list[int]) -> bytes:
         return b"".join(self.bytes[i] or b"" for i in ids if i < len(self.bytes))
 
@@ -319,12 +326,15 @@ def generate_candidates(
     cache: PromptCache | None = None,
     cancelled: Any = None,
     support: Any = None,
+    recall: Any = None,
 ) -> list[Candidate]:
     """Up to ``settings.num_candidates`` distinct completions of ``typed``, best first.
 
     ``prompt`` was built (`cmc.prompt.build_prompt`) from the head of ``typed`` (`split_typed`).
     With ``support`` (`cmc.specifics.Support`), `cmc.specifics.SpecificsConstraint` keeps the
-    search from stating what the context does not hold and from degenerate text.
+    search from stating what the context does not hold and from degenerate text. With ``recall``
+    (`cmc.memory.Recall`), the most alike earlier commits' messages vote on the next tokens
+    (`cmc.knn`).
     """
     head, tail = split_typed(typed)
     n = settings.num_candidates
@@ -334,7 +344,15 @@ def generate_candidates(
         eos_id = eos_token_id(tokenizer)
     table = TokenTable.of(tokenizer)
     start = len(prompt_ids)
-    processors: list[Any] = [TypedTailConstraint(table, tail, start)]
+    processors: list[Any] = []
+    if recall is not None:  # first: it mixes probabilities, the others only rule tokens out
+        from cmc.knn import neighbour_tokens
+
+        knn = neighbour_tokens(recall, tokenizer, table, typed, message_start, eos_id,
+                               settings.stop_at_newline)  # fmt: skip
+        if knn is not None:
+            processors.append(knn)
+    processors.append(TypedTailConstraint(table, tail, start))
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
     if support is not None:
