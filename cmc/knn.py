@@ -72,14 +72,6 @@ class NeighbourTokens:
                     self.ngrams[tuple(seq[j - n : j])][token] += weight
         self.ngrams = dict(self.ngrams)
 
-    def _longest_token(self, rest: bytes) -> int | None:
-        exact = self.table._prefix_index()[2]
-        for k in range(min(len(rest), 32), 0, -1):
-            ids = exact.get(rest[:k])
-            if ids:
-                return ids[0]
-        return None
-
     def _votes(self, message: list[int]) -> tuple[dict[int, float], float]:
         produced = self.table.text(message)
         votes: dict[int, float] = defaultdict(float)
@@ -91,7 +83,7 @@ class NeighbourTokens:
             else:
                 token = offsets.get(len(produced))
                 if token is None:
-                    token = self._longest_token(text[len(produced) :])
+                    token = self.table.longest_prefix(text[len(produced) :])
             if token is not None and token not in self.specific:
                 votes[token] += weight
         if votes:

@@ -53,7 +53,7 @@ def test_the_mix_follows_the_neighbours_where_they_match_and_nothing_else(table)
     assert whole[eos] == pytest.approx(u / 2 + 0.5, abs=1e-6)  # the message may end there
     assert np.allclose(nothing, u, atol=1e-9)  # nothing matches: the model's own
     # Decoded with other token boundaries (one byte a token): still matched, as text.
-    bytewise = [table._prefix_index()[2][bytes([c])][0] for c in b"cache: ev"]
+    bytewise = [table.longest_prefix(bytes([c])) for c in b"cache: ev"]
     (mid,) = mixed(bytewise)
     voted = int(np.argmax(mid))
     assert mid[voted] == pytest.approx(u / 2 + 0.5, abs=1e-6)

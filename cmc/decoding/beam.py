@@ -103,6 +103,15 @@ class TokenTable:
             )
         return self._digits
 
+    def longest_prefix(self, rest: bytes, most: int = 32) -> int | None:
+        """The token of the longest bytes (up to ``most``) that ``rest`` starts with."""
+        exact = self._prefix_index()[2]
+        for k in range(min(len(rest), most), 0, -1):
+            ids = exact.get(rest[:k])
+            if ids:
+                return ids[0]
+        return None
+
     def text(self, ids: list[int]) -> bytes:
         return b"".join(self.bytes[i] or b"" for i in ids if i < len(self.bytes))
 
