@@ -139,13 +139,14 @@ ARMS = {  # what the memory offers, per arm (cmc.recalled.OFFERED)
 def quality(data: str, repos: str, limit: int, out: Path, split: str) -> None:
     """`cmc eval` on the test repositories, history on, 0 / 25 / 50% typed, once per arm; each
     arm resumes from its own predictions."""
-    from cmc import recalled
+    from cmc import knn, recalled
     from cmc.decoding import DecodeSettings
     from cmc.settings import BUNDLED_MODEL
     from cmc.training.evaluate import run_eval
 
     settings = DecodeSettings(num_beams=5, max_new_tokens=15)
     rows = []
+    knn.ON = False  # the offers one by one; the memory's votes: bench/bench_trust.py
     for name, offered in ARMS.items():
         recalled.OFFERED = frozenset(offered or ())
         folder = out / name.split("(")[-1].rstrip(")").replace(" ", "-")

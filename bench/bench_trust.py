@@ -6,9 +6,9 @@ support, or degenerate text, with and without `cmc.specifics`' decoder constrain
 `cmc eval` on the test repositories, history on, 0 / 25 / 50% typed, per arm (each resumes from
 its own predictions): the bundled model with the constraint off (cmc before it), with it on, and
 with it on and the repository memory: its votes while decoding (`cmc.knn`), its messages chosen
-beside the model's (`cmc.recalled`), and both (shipped). Prints B-Norm and EM@1 and the shares (%) of suggestions
-with an unsupported specific, a repeated word, a doubled suffix or path, a CI marker the author
-does not use; and of the real messages with an unsupported specific.
+beside the model's (`cmc.recalled`), and both (shipped). Prints B-Norm and EM@1 and the shares
+(%) of suggestions with an unsupported specific, a repeated word, a doubled suffix or path, a CI
+marker the author does not use; and of the real messages with an unsupported specific.
 """
 
 from __future__ import annotations
