@@ -320,6 +320,15 @@ def _whole_word(m: re.Match) -> str:
     return MASK
 
 
+def _lowered(text: str) -> str:
+    """``text`` lower-cased, each character in its place (one whose lower case is longer, such as
+    "İ", is kept as it is), so a position found in it is the same in ``text``."""
+    low = text.lower()
+    if len(low) == len(text):
+        return low
+    return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
 def _mask_text(line: str) -> str:
     """Every rule but the key blocks, over the whole text at once (the regex engine scans it in C)."""
     present = {h for h in _ALL_HINTS if h in line}  # each hint looked for once, not per rule
@@ -358,7 +367,7 @@ def _mask_text(line: str) -> str:
 
     if any(k in low for k in _KEYWORD_HINTS):  # only lines naming a secret go through this rule
         spans = []
-        for found in _HINTED_LINE.finditer(low if len(low) == len(line) else line.lower()):
+        for found in _HINTED_LINE.finditer(_lowered(line)):  # (line changed since `low`)
             if not spans or found.start() > spans[-1][1]:
                 start = line.rfind("\n", 0, found.start()) + 1
                 end = line.find("\n", found.end())
@@ -423,11 +432,8 @@ _KEYWORD = re.compile(r"pass|secret|token|pwd|api_?key")  # searched in lower-ca
 def _keyword_lines(text: str):
     """The lines of ``text`` holding a word that names a secret (found by the word, not by
     matching every line)."""
-    low = text.lower()
-    if len(low) != len(text):  # a character whose lower case is longer: positions would shift
-        low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
     end = -1
-    for m in _KEYWORD.finditer(low):
+    for m in _KEYWORD.finditer(_lowered(text)):
         if m.start() <= end:
             continue
         start = text.rfind("\n", 0, m.start()) + 1

@@ -29,6 +29,15 @@ def test_diff_markers_and_key_blocks():
     assert masked == f"+key = '''\n+{MASK}\n+'''\n-old = 1"
 
 
+def test_text_whose_lower_case_is_longer_does_not_shift_where_secrets_are_looked_for():
+    """The lower case of "İ" is two characters: the lines found in lower case are the same lines."""
+    for before in ("İ" * 40 + "\n", "İstanbul\n" * 8, ""):
+        text = before + 'db_password = "Sup3rS3cretValue"\nsession_token: Zx8LpQ2vNr7TyW4k\n'
+        masked = mask_secrets(text)
+        assert "Sup3rS3cretValue" not in masked and "Zx8LpQ2vNr7TyW4k" not in masked, masked
+        assert masked.startswith(before)
+
+
 def test_credential_files_are_listed_but_never_read(repo: Path):
     commit_file(repo, "README.md", "hi\n", "Add readme")
     secret = "s3cr3t-" + "Zq9" * 8
