@@ -157,17 +157,26 @@ def unsupported(text: str, support: Support) -> list[str]:
     return [s for s in specifics(text) if not support.allows(s)]
 
 
+def _degenerate_at(text: str, support: Support | None, start: int = 0) -> list[tuple[str, int]]:
+    """Each kind of degenerate text found from ``start`` on, with where it begins (of a repeated
+    word, the repetition)."""
+    found = []
+    m = REPEATED_WORD.search(text, start)
+    if m:
+        found.append(("repeated word", m.end(1) + 1))
+    m = DOUBLED.search(text, start)
+    if m:
+        found.append(("doubled suffix", m.start()))
+    m = CI_MARKER.search(text, start)
+    if m and not (support is not None and support.ci_markers):
+        found.append(("CI marker", m.start()))
+    return found
+
+
 def degenerate(text: str, support: Support | None = None) -> list[str]:
     """What makes a text degenerate: a repeated word, a doubled suffix or path, a CI marker the
     author never uses."""
-    found = []
-    if REPEATED_WORD.search(text):
-        found.append("repeated word")
-    if DOUBLED.search(text):
-        found.append("doubled suffix")
-    if CI_MARKER.search(text) and not (support is not None and support.ci_markers):
-        found.append("CI marker")
-    return found
+    return [kind for kind, _ in _degenerate_at(text, support)]
 
 
 def problems(text: str, support: Support) -> list[str]:
@@ -201,19 +210,10 @@ def _first_problem(text: str, start: int, support: Support) -> int | None:
     """Where the first problem of ``text`` after ``start`` (the typed text's end) begins, the
     word ``start`` falls in included (None: there is none)."""
     start = text.rfind(" ", 0, start) + 1
-    found = []
+    found = [at for _, at in _degenerate_at(text, support, start)]
     for s in unsupported(text[start:], support):
         at = text.find(s, start)
         found.append(at if at >= 0 else start)
-    m = REPEATED_WORD.search(text, start)
-    if m:
-        found.append(m.end(1) + 1)  # the repetition, not the word repeated
-    m = DOUBLED.search(text, start)
-    if m:
-        found.append(m.start())
-    m = CI_MARKER.search(text, start)
-    if m and not support.ci_markers:
-        found.append(m.start())
     return min(found) if found else None
 
 
