@@ -6,7 +6,8 @@ support, or degenerate text, with and without `cmc.specifics`' decoder constrain
 `cmc eval` on the test repositories, history on, 0 / 25 / 50% typed, per arm (each resumes from
 its own predictions): the bundled model with the constraint off (cmc before it), with it on, and
 with it on and the repository memory: its votes while decoding (`cmc.knn`), its messages chosen
-beside the model's (`cmc.recalled`), and both (shipped). Prints B-Norm and EM@1 and the shares
+beside the model's (`cmc.recalled`), and both (shipped); for a model with the prompt's recall
+section (``--model``), also the memory in the prompt alone. Prints B-Norm and EM@1 and the shares
 (%) of suggestions with an unsupported specific, a repeated word, a doubled suffix or path, a CI
 marker the author does not use; and of the real messages with an unsupported specific.
 """
@@ -32,6 +33,12 @@ ARMS = {  # name: (folder, constraint on, what the memory offers (cmc.recalled.O
         ALL,
         False,
     ),
+    "+ the memory in the prompt only (a model with the recall section)": (
+        "model+constraint+prompt",
+        True,
+        frozenset(),
+        False,
+    ),
     "+ both (shipped)": ("model+constraint+memory+votes", True, ALL, True),
 }
 
@@ -42,21 +49,29 @@ def main() -> int:
     ap.add_argument("--repos", required=True, help="the test repositories' clones or snapshots")
     ap.add_argument("--limit", type=int, default=600)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-trust")
+    ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    ap.add_argument("--arms", nargs="*", default=None, help="the arms' folder names (default: all)")
     args = ap.parse_args()
     from cmc import knn, recalled, specifics
     from cmc.decoding import DecodeSettings
+    from cmc.model import read_budget
     from cmc.settings import BUNDLED_MODEL
     from cmc.training.evaluate import run_eval
+
+    model = args.model or str(BUNDLED_MODEL)
+    has_section = read_budget(model).recall_tokens > 0
 
     settings = DecodeSettings(num_beams=5, max_new_tokens=15)
     rows = []
     real = None
     for name, (folder, constrain, offered, votes) in ARMS.items():
+        if (args.arms and folder not in args.arms) or (folder.endswith("prompt") and not has_section):
+            continue
         specifics.CONSTRAIN, knn.ON = constrain, votes
         recalled.OFFERED = offered or frozenset()
         memory = offered is not None
         folder = args.out / folder
-        result = run_eval(args.data, str(BUNDLED_MODEL), [0.0, 0.25, 0.5], [True], args.limit,
+        result = run_eval(args.data, model, [0.0, 0.25, 0.5], [True], args.limit,
                           folder, settings=settings, progress=False, resume=True,
                           repos=args.repos if memory else None)  # fmt: skip
         s = [result["scores"][f"history@{r:g}"] for r in (0.0, 0.25, 0.5)]

@@ -171,7 +171,7 @@ def complete(
 )
 def prompt(repo, prefix, model, as_json, full):
     """Print exactly what the model would receive for the staged change (to audit it)."""
-    from cmc.complete import context_from_repo
+    from cmc.complete import context_from_repo, recall_section
     from cmc.gitctx import GitRepo
     from cmc.settings import NO_MODEL_HELP, Settings
 
@@ -185,10 +185,13 @@ def prompt(repo, prefix, model, as_json, full):
     tokenizer, budget = load_tokenizer(settings.model) if settings.model else (None, None)
     files = budget is not None and budget.file_history_tokens > 0
     context = context_from_repo(git_repo, settings, file_history=files)
+    recalled = recall_section(context, budget)
     if full:
         data = {"diff": context.diff, "history": context.history}
         if files:
             data["file_history"] = context.file_history
+        if recalled:
+            data["recalled"] = recalled
         if as_json:
             click.echo(json.dumps(data, indent=2))
         else:
@@ -196,15 +199,20 @@ def prompt(repo, prefix, model, as_json, full):
             if files:
                 click.echo("\n# file history (oldest first)\n" + "\n".join(context.file_history))
             click.echo("\n# history (oldest first)\n" + "\n".join(context.history))
+            if recalled:
+                click.echo("\n# the memory's most alike commits (most alike last)\n"
+                           + "\n".join(recalled))  # fmt: skip
         return
     head, tail = split_typed(prefix)
     built = build_prompt(tokenizer, context.diff, context.history, head, finished=False,
-                         budget=budget, file_history=context.file_history)  # fmt: skip
+                         budget=budget, file_history=context.file_history,
+                         recalled=recalled)  # fmt: skip
     text = tokenizer.decode(built.input_ids, skip_special_tokens=False)
     if as_json:
         click.echo(json.dumps({"model": settings.model, "tokens": len(built.input_ids),
                                "history_used": built.history_used,
                                "file_history_used": built.file_history_used,
+                               "recall_used": built.recall_used,
                                "regenerated_tail": tail, "text": text}, indent=2))  # fmt: skip
     else:
         click.echo(text)

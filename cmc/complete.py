@@ -111,6 +111,14 @@ def repo_recall(repo: Any, settings: Any, mods: list) -> Any:
                          memory.email_key(settings.author_email))  # fmt: skip
 
 
+def recall_section(context: Context, budget: Any) -> list[str]:
+    """The prompt's recall section (`cmc.prompt`) for ``context``: the repository memory's most
+    alike commits' messages, only for a model whose ``budget`` has the section."""
+    if context.recall is None or getattr(budget, "recall_tokens", 0) <= 0:
+        return []
+    return context.recall.section()
+
+
 def wants_file_history(lm: Any) -> bool:
     """Whether this model's prompt has a file-history section (gathering it costs a git call)."""
     return getattr(getattr(lm, "budget", None), "file_history_tokens", 0) > 0
@@ -171,7 +179,8 @@ def complete_context(
         prompt = build_seq2seq_prompt(lm.tokenizer, context.diff, context.history, head)
     else:
         prompt = build_prompt(lm.tokenizer, context.diff, context.history, head, finished=False,
-                              budget=lm.budget, file_history=context.file_history)  # fmt: skip
+                              budget=lm.budget, file_history=context.file_history,
+                              recalled=recall_section(context, lm.budget))  # fmt: skip
     from cmc import specifics
 
     support = context.support(typed) if specifics.CONSTRAIN else None

@@ -46,6 +46,7 @@ MAX_DIFF_CHARS = 16_000  # of one commit's changed lines, featurized
 BATCH = 500  # commits read per git log and saved together
 BUCKETS = 1 << 22  # hashed feature space
 MAX_MESSAGE_CHARS = 1_000  # of a message kept (no suggestion is longer; a hostile one is)
+RECALL_KEEP = 8  # messages of alike commits gathered for the prompt (hook and training data alike)
 FILE = "memory.npz"
 
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]+")
@@ -286,6 +287,17 @@ class Recall:
         """The messages of the ``k`` most alike commits, best first, with their similarity."""
         m = self.memory
         return [(m.messages[i], float(self.scores[i])) for i in self.order[:k]]
+
+    def section(self, keep: int = RECALL_KEEP) -> list[str]:
+        """The prompt's recall section (`cmc.prompt`): the distinct messages of the most alike
+        commits, up to ``keep``, least alike first (the most alike sits next to the message)."""
+        m, found = self.memory, []
+        for i in self.order:
+            if self.scores[i] <= 0 or len(found) == keep:
+                break
+            if m.messages[i] and m.messages[i] not in found:
+                found.append(m.messages[i])
+        return found[::-1]
 
     def continuing(self, typed: str, k: int, min_typed: int = 1) -> list[tuple[str, float]]:
         """Up to ``k`` distinct messages that start with ``typed`` (and go on), the most alike

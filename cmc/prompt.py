@@ -3,7 +3,7 @@
 One function, `build_prompt`, builds every model input cmc uses, so training and completion can
 never drift apart (the paper's reference code had exactly that bug). The layout is::
 
-    <|endoftext|> <|diff|> DIFF [<|files|> F1 <|sep|> ... Fj] <|history|> H1 <|sep|> H2 <|sep|> ... Hk <|msg|> MESSAGE <|endoftext|>
+    <|endoftext|> <|diff|> DIFF [<|files|> F1 <|sep|> ... Fj] <|history|> H1 <|sep|> ... Hk [<|recall|> R1 <|sep|> ... Rm] <|msg|> MESSAGE <|endoftext|>
 
 * DIFF is the processed diff (`cmc.diffs.process_diff`), cut to ``budget.diff_tokens`` tokens.
 * F1..Fj (only for a model whose ``budget.file_history_tokens`` is above 0) are the messages of earlier
@@ -14,6 +14,11 @@ never drift apart (the paper's reference code had exactly that bug). The layout 
   fit ``budget.history_tokens``, the newest are kept. Each is cut to ``budget.history_message_tokens``.
   (Both histories are cleaned as the training messages are and never hold the commit itself.)
   Without history the ``<|history|>`` marker is followed directly by ``<|msg|>``.
+* R1..Rm (only for a model whose ``budget.recall_tokens`` is above 0) are the messages of the
+  repository's earlier commits whose changes are most like this one (`cmc.memory.Recall`, only
+  ancestors of the commit's parent), least alike → most alike, distinct; the most alike that fit
+  ``budget.recall_tokens`` are kept, each cut to ``budget.recall_message_tokens``. Last before the
+  message, so the closest precedent sits next to what the model writes.
 * MESSAGE is the whole message in training (loss mask 1 on its tokens and the closing
   ``<|endoftext|>``, 0 on everything before), or the typed text at inference (no closing token).
 * The diff and history come before the message, so while a user keeps typing the prompt only grows
@@ -41,7 +46,8 @@ HISTORY = "<|history|>"
 SEP = "<|sep|>"
 MSG = "<|msg|>"
 FILES = "<|files|>"
-SPECIAL_TOKENS = [EOS, DIFF, HISTORY, SEP, MSG, FILES]
+RECALL = "<|recall|>"  # not in the bundled tokenizer's specials: encoded as text there
+SPECIAL_TOKENS = [EOS, DIFF, HISTORY, SEP, MSG, FILES, RECALL]
 
 # Characters of raw text tokenized at most per allowed token: a cheap cut before tokenizing, so a
 # huge diff never reaches the tokenizer whole.
@@ -61,6 +67,8 @@ class Budget:
     message_tokens: int = 96
     file_history_tokens: int = 0  # 0: no file-history section (the models trained without one)
     file_history_message_tokens: int = 32
+    recall_tokens: int = 0  # 0: no recall section (every model before the repository memory)
+    recall_message_tokens: int = 32
 
 
 DEFAULT_BUDGET = Budget()
@@ -73,6 +81,7 @@ class Prompt:
     message_start: int  # index of the first message token (just after <|msg|>)
     history_used: int = 0
     file_history_used: int = 0
+    recall_used: int = 0
 
 
 def _marker_ids(tokenizer: Any, marker: str) -> list[int]:
@@ -94,6 +103,7 @@ class Markers:
     sep: list[int]
     msg: list[int]
     files: list[int]
+    recall: list[int] = ()
 
     _cache: ClassVar[dict[int, Markers]] = {}
 
@@ -101,15 +111,15 @@ class Markers:
     def of(cls, tokenizer: Any) -> Markers:
         key = id(tokenizer)
         if key not in cls._cache:
-            cls._cache[key] = cls(*(_marker_ids(tokenizer, t) for t in (BOS, EOS, DIFF, HISTORY, SEP, MSG, FILES)))  # fmt: skip
+            cls._cache[key] = cls(*(_marker_ids(tokenizer, t) for t in (BOS, EOS, DIFF, HISTORY, SEP, MSG, FILES, RECALL)))  # fmt: skip
         return cls._cache[key]
 
     def to_json(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: list(getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
-    def from_json(cls, data: dict) -> Markers:
-        return cls(**{f.name: [int(i) for i in data[f.name]] for f in fields(cls)})
+    def from_json(cls, data: dict) -> Markers:  # packs made before the recall section lack it
+        return cls(**{f.name: [int(i) for i in data[f.name]] for f in fields(cls) if f.name in data})
 
 
 def encode_text(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
@@ -166,12 +176,14 @@ def build_prompt(
     finished: bool,
     budget: Budget = DEFAULT_BUDGET,
     file_history: list[str] | None = None,
+    recalled: list[str] | None = None,
 ) -> Prompt:
     """Token ids and loss mask for one example (see the module docstring for the layout).
 
     ``finished`` is True in training (``message`` is the whole message and gets the closing token)
     and False at inference (``message`` is the head of the typed text, see `split_typed`).
-    ``file_history`` is read only when ``budget.file_history_tokens`` is above 0.
+    ``file_history`` is read only when ``budget.file_history_tokens`` is above 0, ``recalled``
+    (least alike → most alike) only when ``budget.recall_tokens`` is.
     """
 
     def newest(texts: list[str] | None, each: int, room: int) -> list[list[int]]:
@@ -181,6 +193,9 @@ def build_prompt(
     files = []
     if budget.file_history_tokens > 0:
         files = newest(file_history, budget.file_history_message_tokens, budget.file_history_tokens)
+    alike = []
+    if budget.recall_tokens > 0:
+        alike = newest(recalled, budget.recall_message_tokens, budget.recall_tokens)
     return assemble_prompt(
         Markers.of(tokenizer),
         encode_text(tokenizer, diff, budget.diff_tokens),
@@ -189,6 +204,7 @@ def build_prompt(
         finished=finished,
         budget=budget,
         file_history=files,
+        recalled=alike,
     )
 
 
@@ -201,22 +217,31 @@ def assemble_prompt(
     finished: bool,
     budget: Budget,
     file_history: list[list[int]] = (),
+    recalled: list[list[int]] = (),
 ) -> Prompt:
     """`build_prompt` on text already tokenized and cut to its budget (each piece by its own: diff,
-    history and file-history messages, message). Data packs are assembled with it."""
+    history, file-history and recalled messages, message). Data packs are assembled with it."""
     ids = m.bos + m.diff + list(diff)
     files_used = 0
     if budget.file_history_tokens > 0:
         piece, files_used = _newest_that_fit(list(file_history), budget.file_history_tokens, m.sep)
         ids += m.files + piece
     piece, used = _newest_that_fit(history, budget.history_tokens, m.sep)
-    ids += m.history + piece + m.msg
+    ids += m.history + piece
+    recall_used = 0
+    if budget.recall_tokens > 0:
+        if not m.recall:
+            raise ValueError("these markers have no <|recall|> (a data pack made before the section)")
+        piece, recall_used = _newest_that_fit(list(recalled), budget.recall_tokens, m.sep)
+        ids += m.recall + piece
+    ids += m.msg
     context_len = len(ids)
     ids += message
     if finished and len(message) < budget.message_tokens:
         ids += m.eos
     mask = [0] * context_len + [1] * (len(ids) - context_len) if finished else [0] * len(ids)
-    return Prompt(ids, mask, context_len, history_used=used, file_history_used=files_used)
+    return Prompt(ids, mask, context_len, history_used=used, file_history_used=files_used,
+                  recall_used=recall_used)  # fmt: skip
 
 
 # --- the paper's encoder-decoder layout -----------------------------------------------------------

@@ -185,6 +185,51 @@ def test_paths_git_must_quote(repo: Path, name: str):
     assert "odd name" in mods[name].diff
 
 
+def test_a_model_with_a_recall_section_reads_the_repository_memory(
+    repo: Path, tiny_model: Path, tmp_path: Path
+):
+    """Through `cmc prompt` and `cmc complete`: the memory's most alike commits fill the section,
+    only for a model that has it, and nothing is read without a memory."""
+    import json
+    import shutil
+    import subprocess
+
+    from conftest import cmc_env
+
+    from cmc.model import read_model_meta
+
+    commit_file(repo, "src/parser.py", "def parse(header_line):\n    return header_line\n", "parser: handle empty input")  # fmt: skip
+    commit_file(repo, "docs/guide.md", "# Guide\n\nHow to start.\n", "docs: a first guide")
+    (repo / "src" / "parser.py").write_text("def parse(header_line):\n    return header_line.strip()\n")
+    git(repo, "add", "src/parser.py")
+
+    def prompt(model: Path) -> dict:
+        out = subprocess.run(["cmc", "prompt", "--json", "--model", str(model)], cwd=repo,
+                             env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    with_recall = tmp_path / "with-recall"
+    shutil.copytree(tiny_model, with_recall)
+    meta = read_model_meta(with_recall)
+    meta.setdefault("budget", {})["recall_tokens"] = 64
+    (with_recall / "cmc.json").write_text(json.dumps(meta))
+    assert prompt(with_recall)["recall_used"] == 0  # no memory yet: no section to fill
+    built = subprocess.run(["cmc", "memory", "build"], cwd=repo, env=cmc_env(),
+                           capture_output=True, text=True)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    plain = prompt(tiny_model)
+    assert plain["recall_used"] == 0 and "<|recall|>" not in plain["text"]
+    shown = prompt(with_recall)
+    assert shown["recall_used"] >= 1
+    section = shown["text"].split("<|recall|>")[1].split("<|msg|>")[0]
+    assert section.rstrip().endswith("parser: handle empty input")  # the most alike, last
+    done = subprocess.run(["cmc", "complete", "--json", "--model", str(with_recall)], cwd=repo,
+                          env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["candidates"]
+
+
 def test_a_model_with_a_file_history_section_reads_the_staged_files_history(
     repo: Path, tiny_model: Path, tmp_path: Path
 ):

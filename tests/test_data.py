@@ -277,6 +277,36 @@ def test_file_history_in_the_data_is_what_the_hook_gathers_at_that_commit(tmp_pa
         assert GitRepo(b.path).file_history(mods) == row["file_history"], row["message"]
 
 
+def test_recalled_in_the_data_is_what_the_memory_gives_at_that_commit(tmp_path: Path):
+    """Processing computes each row's recall section from the earlier rows; the hook reads it from
+    the repository memory. Replayed at each commit's parent, the two must agree."""
+    from cmc.memory import RowMemories
+
+    b = RepoBuilder(tmp_path / "repo")
+    b.commit("Add the parser for request headers", content=source(10), name="src/parser.py")
+    b.commit("Add a cache for parsed requests", content=source(20), name="src/cache.py", env=BOB)
+    b.commit("Fix the parser on empty header lines", content=source(11), name="src/parser.py")
+    doc = "# Cache\n\n" + "".join(f"It keeps parsed request number {i} for a while.\n" for i in range(9))
+    b.commit("Document the cache", content=doc, name="docs/cache.md")
+    b.commit("Reword the parser's error messages", content=source(12), name="src/parser.py")
+    b.commit("Bound the cache's size", content=source(21), name="src/cache.py")
+    _, per_split, _ = mine_and_process(b.path, tmp_path, split_by="repo")
+    rows = [r for part in per_split.values() for r in part]
+    assert len(rows) == 6
+    by_msg = {r["message"]: r for r in rows}
+    assert by_msg["Add the parser for request headers"]["recalled"] == []  # nothing came before
+    parser = by_msg["Reword the parser's error messages"]["recalled"]
+    # The same file's earlier changes are the most alike, nearest to the message; never a later one.
+    assert parser[-2:] == ["Add the parser for request headers", "Fix the parser on empty header lines"]
+    assert "Bound the cache's size" not in parser
+    assert by_msg["Bound the cache's size"]["recalled"][-1] == "Add a cache for parsed requests"
+    memories = RowMemories()
+    for row in rows:
+        recall = memories.recall_for({**row, "repository": str(b.path)})
+        assert recall is not None
+        assert recall.section() == row["recalled"], row["message"]
+
+
 def test_a_snapshot_missing_a_blob_is_mined_around_it_and_a_list_resumes(tmp_path: Path):
     """A bare OWNER+NAME/repo snapshot (no working tree, no remote) that lacks one blob: that
     commit is skipped and counted, the others are mined; a list mines in parallel and resumes."""

@@ -31,18 +31,20 @@ def rows(n: int) -> list[dict]:
             "message": message,
             "history": [r["message"] for r in out[-(i % 37):]] if i % 37 else [],
             "file_history": [r["message"] for r in out if r["mods"][0]["new_path"] == f"src/{w}.py"][-8:],
+            "recalled": [r["message"] for r in out[-(i % 11):]][::-1] if i % 11 else [],
         })  # fmt: skip
     return out
 
 
-@pytest.mark.parametrize("file_history_tokens", [0, 48])
+@pytest.mark.parametrize(("file_history_tokens", "recall_tokens"), [(0, 0), (48, 0), (0, 40)])
 def test_unpacked_packs_equal_the_pretokenized_rows_token_for_token(
-    token_data, tmp_path: Path, file_history_tokens: int
+    token_data, tmp_path: Path, file_history_tokens: int, recall_tokens: int
 ):
     _, tok = token_data
     budget = replace(Budget(diff_tokens=96, history_tokens=64, history_message_tokens=16,
                             message_tokens=24), file_history_tokens=file_history_tokens,
-                     file_history_message_tokens=12)  # fmt: skip
+                     file_history_message_tokens=12, recall_tokens=recall_tokens,
+                     recall_message_tokens=10)  # fmt: skip
     data = rows(150)
     written = write_packs(data, tok, tmp_path / "packs", "t", budget, max_mib=0.002, progress=False)
     assert len(written) > 1 and all(w["bytes"] <= 0.002 * 2**20 for w in written)
@@ -64,6 +66,35 @@ def test_unpacked_packs_equal_the_pretokenized_rows_token_for_token(
     assert have == want
     files_marker = m["markers"]["files"][0]
     assert any(files_marker in ids for ids, _ in have) == (file_history_tokens > 0)
+    recall_marker = m["markers"]["recall"][0]
+    assert any(recall_marker in ids for ids, _ in have) == (recall_tokens > 0)
+
+
+def test_a_pack_made_before_the_recall_section_still_unpacks(token_data, tmp_path: Path):
+    """Packs written before the section existed have no recalled arrays and no recall marker."""
+    import io
+
+    import pyarrow as pa
+
+    from cmc.training.pack import FORMAT
+
+    _, tok = token_data
+    write_packs(rows(30), tok, tmp_path / "new", "t", Budget(diff_tokens=64), progress=False)
+    (new,) = (tmp_path / "new").glob("*.cmcpack")
+    meta, arrays = read_pack(new)
+    assert meta["format"] == FORMAT and "recalled" in arrays
+    del arrays["recalled"], arrays["recalled_offsets"], meta["markers"]["recall"]
+    buf = io.BytesIO()
+    np.savez(buf, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+    old = tmp_path / "old" / new.name
+    old.parent.mkdir()
+    old.write_bytes(len(buf.getvalue()).to_bytes(8, "little")
+                    + pa.Codec("zstd").compress(buf.getvalue(), asbytes=True))  # fmt: skip
+    unpack([new], tmp_path / "from-new")
+    unpack([old], tmp_path / "from-old")
+    a, b = TokenDataset(tmp_path / "from-new"), TokenDataset(tmp_path / "from-old")
+    assert len(a) == len(b) == 30
+    assert all(a[i][0].tolist() == b[i][0].tolist() for i in range(30))
 
 
 def test_damaged_or_mismatched_packs_are_one_line_errors(token_data, tmp_path: Path):

@@ -6,7 +6,7 @@ import pytest
 
 from cmc.diffs import Mod, process_diff
 from cmc.messages import clean_message, rejection_reason
-from cmc.prompt import DIFF, FILES, HISTORY, MSG, SEP, Budget, build_prompt, split_typed
+from cmc.prompt import DIFF, FILES, HISTORY, MSG, RECALL, SEP, Budget, build_prompt, split_typed
 
 
 @pytest.mark.parametrize(
@@ -121,6 +121,25 @@ def test_file_history_section_sits_between_diff_and_history_only_when_budgeted()
     # A model trained without the section (budget 0, the shipped one) gets exactly the old layout.
     plain = build_prompt(tok, "d", ["mine"], "Fix", finished=True, file_history=files)
     assert FILES not in [words.get(i) for i in plain.input_ids] and plain.file_history_used == 0
+    assert plain.input_ids == build_prompt(tok, "d", ["mine"], "Fix", finished=True).input_ids
+
+
+def test_recall_section_sits_just_before_the_message_with_the_most_alike_kept():
+    tok = _Tok()
+    alike = ["release: 1.0", "core: less alike", "core: most alike"]  # least → most alike
+    budget = Budget(recall_tokens=6, recall_message_tokens=2)
+    p = build_prompt(tok, "d", ["mine"], "Fix", finished=False, budget=budget, recalled=alike)
+    words = {v: k for k, v in tok.vocab.items()}
+    assert [words[i] for i in p.input_ids] == [
+        "<|endoftext|>", DIFF, "d", HISTORY, "mine", RECALL, "core:", "less", SEP, "core:", "most", MSG, "Fix",
+    ]  # fmt: skip
+    assert p.recall_used == 2 and p.history_used == 1 and p.message_start == 12
+    # Typing only grows the prompt at its end (the daemon's prefix cache relies on it).
+    longer = build_prompt(tok, "d", ["mine"], "Fix the", finished=False, budget=budget, recalled=alike)
+    assert longer.input_ids[: len(p.input_ids)] == p.input_ids
+    # A model trained without the section (budget 0, the shipped one) gets exactly the old layout.
+    plain = build_prompt(tok, "d", ["mine"], "Fix", finished=True, recalled=alike)
+    assert plain.recall_used == 0
     assert plain.input_ids == build_prompt(tok, "d", ["mine"], "Fix", finished=True).input_ids
 
 

@@ -145,25 +145,33 @@ def data_process(raw, out, split_by, seed, outliers):
 @click.option("--max-mib", default=40.0, show_default=True, help="Largest size of one pack.")
 @click.option("--file-history-tokens", type=int, default=None,
               help="Budget of the file-history section (default: the model's; 0: none).")  # fmt: skip
+@click.option("--recall-tokens", type=int, default=None,
+              help="Budget of the recall section: the repository memory's most alike commits' "
+                   "messages (default: the model's; 0: none).")  # fmt: skip
 @click.option("--limit", type=int, default=None, help="Pack a seeded sample of this many rows.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the shuffle and the sample.")
-def data_pack(processed, tokenizer, out, split, name, max_mib, file_history_tokens, limit, seed):
+def data_pack(processed, tokenizer, out, split, name, max_mib, file_history_tokens, recall_tokens,
+              limit, seed):  # fmt: skip
     """Tokenize a processed split into compact packs that travel to a GPU machine (`cmc data unpack`)."""
     from dataclasses import replace
 
     from cmc.model import read_budget
     from cmc.training.evaluate import load_split, sample_rows
     from cmc.training.pack import write_packs
-    from cmc.training.process import add_file_history
+    from cmc.training.process import add_file_history, add_recalled
 
     budget = read_budget(tokenizer)
     if file_history_tokens is not None:
         budget = replace(budget, file_history_tokens=file_history_tokens)
+    if recall_tokens is not None:
+        budget = replace(budget, recall_tokens=recall_tokens)
     rows = load_split(processed, split)
     if not rows:
         raise CmcError(f"{processed}: the {split} split is empty")
     if budget.file_history_tokens > 0 and any("file_history" not in r for r in rows):
         add_file_history(rows)  # processed before the section existed: rows are in date order
+    if budget.recall_tokens > 0 and any("recalled" not in r for r in rows):
+        add_recalled(rows)  # over the whole split, before sampling: every earlier row is memory
     rows = sample_rows(rows, limit, seed)
     written = write_packs(rows, tokenizer, out, name or split, budget, max_mib, seed,
                           source=f"{Path(processed).resolve().name}:{split}")  # fmt: skip

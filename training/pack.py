@@ -7,8 +7,9 @@ zstd-compressed ``.npz`` holding
 * ``meta``: the format, the pack's name, the prompt budget, the marker ids and a fingerprint of the
   tokenizer (so a pack is never assembled for another one), its examples and where they came from;
 * every row's diff, processed (`cmc.diffs.process_diff`) and tokenized, already cut to the budget;
-* every distinct message once — a row's own, and those of its author history and file history,
-  which repeat across rows — tokenized, and per row the indices of its message and its histories.
+* every distinct message once — a row's own, and those of its author history, file history and
+  recall section, which repeat across rows — tokenized, and per row the indices of its message,
+  its histories and its recalled messages.
 
 `unpack` assembles the rows with `cmc.prompt.assemble_prompt` (the function `build_prompt` uses)
 into the trainer's flat format (`cmc.training.tokens`), without a tokenizer and in seconds; a test
@@ -53,13 +54,15 @@ def _ragged(pieces: list[list[int]], dtype) -> tuple[np.ndarray, np.ndarray]:
 def encode_pack(
     rows: list[dict], encoder: Any, budget: Budget, name: str, source: str = ""
 ) -> bytes:
-    """One pack of ``rows`` (processed rows: ``mods``, ``message``, ``history``, ``file_history``)."""
+    """One pack of ``rows`` (processed rows: ``mods``, ``message``, ``history``, ``file_history``,
+    ``recalled``)."""
     import pyarrow as pa
 
     longest = max(budget.message_tokens, budget.history_message_tokens,
-                  budget.file_history_message_tokens)  # fmt: skip
+                  budget.file_history_message_tokens, budget.recall_message_tokens)  # fmt: skip
     most_history = budget.history_tokens // 2 + 1  # more can never fit (see build_prompt)
     most_files = budget.file_history_tokens // 2 + 1 if budget.file_history_tokens > 0 else 0
+    most_alike = budget.recall_tokens // 2 + 1 if budget.recall_tokens > 0 else 0
     table: dict[str, int] = {}
     messages: list[list[int]] = []
 
@@ -69,12 +72,13 @@ def encode_pack(
             messages.append(encode_text(encoder, text, longest))
         return table[text]
 
-    diffs, own, history, files = [], [], [], []
+    diffs, own, history, files, alike = [], [], [], [], []
     for row in rows:
         diffs.append(encode_text(encoder, process_diff(row["mods"]), budget.diff_tokens))
         own.append(ref(row["message"]))
         history.append([ref(t) for t in (row.get("history") or [])[-most_history:]])
         files.append([ref(t) for t in (row.get("file_history") or [])[-most_files:]] if most_files else [])  # fmt: skip
+        alike.append([ref(t) for t in (row.get("recalled") or [])[-most_alike:]] if most_alike else [])  # fmt: skip
     meta = {
         "format": FORMAT,
         "name": name,
@@ -90,6 +94,7 @@ def encode_pack(
     arrays["message"] = np.asarray(own, dtype=np.int32)
     arrays["history"], arrays["history_offsets"] = _ragged(history, np.int32)
     arrays["file_history"], arrays["file_history_offsets"] = _ragged(files, np.int32)
+    arrays["recalled"], arrays["recalled_offsets"] = _ragged(alike, np.int32)
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     raw = buf.getvalue()
@@ -124,6 +129,8 @@ def pack_examples(meta: dict, arrays: dict[str, np.ndarray]):
     d_tok, d_off = arrays["diff_tokens"], arrays["diff_offsets"]
     h, h_off = arrays["history"], arrays["history_offsets"]
     f, f_off = arrays["file_history"], arrays["file_history_offsets"]
+    no_recall = (np.zeros(0, np.int32), np.zeros(meta["examples"] + 1, np.int64))  # older packs
+    r, r_off = arrays.get("recalled", no_recall[0]), arrays.get("recalled_offsets", no_recall[1])
     for i in range(meta["examples"]):
         files = f[f_off[i] : f_off[i + 1]]
         prompt = assemble_prompt(
@@ -134,6 +141,7 @@ def pack_examples(meta: dict, arrays: dict[str, np.ndarray]):
             finished=True,
             budget=budget,
             file_history=[messages[j][: budget.file_history_message_tokens] for j in files],
+            recalled=[messages[j][: budget.recall_message_tokens] for j in r[r_off[i] : r_off[i + 1]]],
         )
         yield prompt.input_ids, prompt.message_start
 

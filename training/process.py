@@ -11,7 +11,9 @@ Each kept row gets ``history``: its author's earlier kept messages in the same r
 oldest → newest (the newest `HISTORY_KEEP` of them; prompts keep fewer), and ``file_history``: the
 messages of the newest earlier kept commits (any author) of the same repository and split that
 touched one of its files (`cmc.prompt.FILE_HISTORY_KEEP`, oldest → newest), as the hook gathers
-them with ``git log -- PATHS``. A funnel table records how many rows every rule removed.
+them with ``git log -- PATHS``; and ``recalled``: the messages of the earlier kept commits of the
+same repository and split whose changes are most alike, as the hook reads them from the repository
+memory (`cmc.memory.Recall.section`). A funnel table records how many rows every rule removed.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from cmc.messages import clean_message, rejection_reason
 from cmc.prompt import FILE_HISTORY_KEEP
 
 SPLITS = ("train", "validation", "test")
+CONTEXT_COLUMNS = ("history", "file_history", "recalled")  # what processing adds to each row
 HISTORY_KEEP = 32
 
 # Published ranges (5th–95th percentiles of CommitChronicle's train part), inclusive.
@@ -300,6 +303,7 @@ def process_rows(
         per_split[row.pop("split")].append(row)
     for rows_of_split in per_split.values():
         add_file_history(rows_of_split)
+        add_recalled(rows_of_split)
     return per_split, funnel
 
 
@@ -325,6 +329,26 @@ def add_file_history(rows: list[dict], keep: int = FILE_HISTORY_KEEP) -> None:
         row["file_history"] = found[::-1]
         for path in paths:
             touched[(repo, path)].append(i)
+
+
+def add_recalled(rows: list[dict], keep: int | None = None) -> None:
+    """Set each row's ``recalled``: the prompt's recall section as the hook builds it from the
+    repository memory (`cmc.memory.Recall.section`), over the earlier rows of the same repository
+    and split (``rows`` are one split's, in date order: never the commit itself or a later one)."""
+    import numpy as np
+
+    from cmc.memory import RECALL_KEEP, Memory, diff_features, recall
+
+    by_repo: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_repo[row.get("repo") or ""].append(i)
+    for numbers in by_repo.values():
+        features = [diff_features(rows[i].get("mods") or []) for i in numbers]
+        memory = Memory().extend([("", 0, "", rows[i]["message"], f) for i, f in zip(numbers, features)])
+        allowed = np.zeros(len(numbers), bool)
+        for at, i in enumerate(numbers):
+            rows[i]["recalled"] = recall(memory, features[at], allowed).section(keep or RECALL_KEEP)
+            allowed[at] = True
 
 
 # --- input and output ----------------------------------------------------------------------------
@@ -415,7 +439,7 @@ def save_processed(
     for split, rows in per_split.items():
         if not rows:
             continue
-        cols = {c: [r.get(c) for r in rows] for c in (*COLUMNS, "history", "file_history")}
+        cols = {c: [r.get(c) for r in rows] for c in (*COLUMNS, *CONTEXT_COLUMNS)}
         dd[split] = Dataset.from_dict(cols)
         dd[split].to_parquet(str(out / "parquet" / f"{split}.parquet"))
     DatasetDict(dd).save_to_disk(str(out / "dataset"))

@@ -55,6 +55,7 @@ def example_ids(
         finished=True,
         budget=budget,
         file_history=row.get("file_history") if use_history else [],
+        recalled=row.get("recalled") if use_history else [],
     )
     return prompt.input_ids, prompt.message_start
 
