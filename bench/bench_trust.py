@@ -65,7 +65,9 @@ def main() -> int:
     rows = []
     real = None
     for name, (folder, constrain, offered, votes) in ARMS.items():
-        if (args.arms and folder not in args.arms) or (folder.endswith("prompt") and not has_section):
+        if (args.arms and folder not in args.arms) or (
+            folder.endswith("prompt") and not has_section
+        ):
             continue
         specifics.CONSTRAIN, knn.ON = constrain, votes
         recalled.OFFERED = offered or frozenset()

@@ -119,7 +119,9 @@ class Markers:
 
     @classmethod
     def from_json(cls, data: dict) -> Markers:  # packs made before the recall section lack it
-        return cls(**{f.name: [int(i) for i in data[f.name]] for f in fields(cls) if f.name in data})
+        return cls(
+            **{f.name: [int(i) for i in data[f.name]] for f in fields(cls) if f.name in data}
+        )
 
 
 def encode_text(tokenizer: Any, text: str, max_tokens: int) -> list[int]:
@@ -231,7 +233,9 @@ def assemble_prompt(
     recall_used = 0
     if budget.recall_tokens > 0:
         if not m.recall:
-            raise ValueError("these markers have no <|recall|> (a data pack made before the section)")
+            raise ValueError(
+                "these markers have no <|recall|> (a data pack made before the section)"
+            )
         piece, recall_used = _newest_that_fit(list(recalled), budget.recall_tokens, m.sep)
         ids += m.recall + piece
     ids += m.msg

@@ -200,7 +200,9 @@ def test_a_model_with_a_recall_section_reads_the_repository_memory(
 
     commit_file(repo, "src/parser.py", "def parse(header_line):\n    return header_line\n", "parser: handle empty input")  # fmt: skip
     commit_file(repo, "docs/guide.md", "# Guide\n\nHow to start.\n", "docs: a first guide")
-    (repo / "src" / "parser.py").write_text("def parse(header_line):\n    return header_line.strip()\n")
+    (repo / "src" / "parser.py").write_text(
+        "def parse(header_line):\n    return header_line.strip()\n"
+    )
     git(repo, "add", "src/parser.py")
 
     def prompt(model: Path) -> dict:

@@ -286,7 +286,9 @@ def test_recalled_in_the_data_is_what_the_memory_gives_at_that_commit(tmp_path: 
     b.commit("Add the parser for request headers", content=source(10), name="src/parser.py")
     b.commit("Add a cache for parsed requests", content=source(20), name="src/cache.py", env=BOB)
     b.commit("Fix the parser on empty header lines", content=source(11), name="src/parser.py")
-    doc = "# Cache\n\n" + "".join(f"It keeps parsed request number {i} for a while.\n" for i in range(9))
+    doc = "# Cache\n\n" + "".join(
+        f"It keeps parsed request number {i} for a while.\n" for i in range(9)
+    )
     b.commit("Document the cache", content=doc, name="docs/cache.md")
     b.commit("Reword the parser's error messages", content=source(12), name="src/parser.py")
     b.commit("Bound the cache's size", content=source(21), name="src/cache.py")
@@ -297,7 +299,10 @@ def test_recalled_in_the_data_is_what_the_memory_gives_at_that_commit(tmp_path: 
     assert by_msg["Add the parser for request headers"]["recalled"] == []  # nothing came before
     parser = by_msg["Reword the parser's error messages"]["recalled"]
     # The same file's earlier changes are the most alike, nearest to the message; never a later one.
-    assert parser[-2:] == ["Add the parser for request headers", "Fix the parser on empty header lines"]
+    assert parser[-2:] == [
+        "Add the parser for request headers",
+        "Fix the parser on empty header lines",
+    ]
     assert "Bound the cache's size" not in parser
     assert by_msg["Bound the cache's size"]["recalled"][-1] == "Add a cache for parsed requests"
     memories = RowMemories()

@@ -135,7 +135,9 @@ def test_recall_section_sits_just_before_the_message_with_the_most_alike_kept():
     ]  # fmt: skip
     assert p.recall_used == 2 and p.history_used == 1 and p.message_start == 12
     # Typing only grows the prompt at its end (the daemon's prefix cache relies on it).
-    longer = build_prompt(tok, "d", ["mine"], "Fix the", finished=False, budget=budget, recalled=alike)
+    longer = build_prompt(
+        tok, "d", ["mine"], "Fix the", finished=False, budget=budget, recalled=alike
+    )
     assert longer.input_ids[: len(p.input_ids)] == p.input_ids
     # A model trained without the section (budget 0, the shipped one) gets exactly the old layout.
     plain = build_prompt(tok, "d", ["mine"], "Fix", finished=True, recalled=alike)

@@ -141,7 +141,9 @@ def pack_examples(meta: dict, arrays: dict[str, np.ndarray]):
             finished=True,
             budget=budget,
             file_history=[messages[j][: budget.file_history_message_tokens] for j in files],
-            recalled=[messages[j][: budget.recall_message_tokens] for j in r[r_off[i] : r_off[i + 1]]],
+            recalled=[
+                messages[j][: budget.recall_message_tokens] for j in r[r_off[i] : r_off[i + 1]]
+            ],
         )
         yield prompt.input_ids, prompt.message_start
 

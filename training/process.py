@@ -344,7 +344,9 @@ def add_recalled(rows: list[dict], keep: int | None = None) -> None:
         by_repo[row.get("repo") or ""].append(i)
     for numbers in by_repo.values():
         features = [diff_features(rows[i].get("mods") or []) for i in numbers]
-        memory = Memory().extend([("", 0, "", rows[i]["message"], f) for i, f in zip(numbers, features)])
+        memory = Memory().extend(
+            [("", 0, "", rows[i]["message"], f) for i, f in zip(numbers, features)]
+        )
         allowed = np.zeros(len(numbers), bool)
         for at, i in enumerate(numbers):
             rows[i]["recalled"] = recall(memory, features[at], allowed).section(keep or RECALL_KEEP)
