@@ -389,3 +389,16 @@ def test_training_only_the_last_layers_leaves_the_others_as_they_were(token_data
     assert changed and all(k.startswith(allowed) for k in changed), changed
     assert any(k.startswith(f"model.layers.{last}.") for k in changed)
     assert not any(k.startswith("model.layers.0.") for k in changed)
+
+
+def test_throughput_counts_every_step_since_the_last_report():
+    """With --log-every 5 the rate once divided one step's tokens by five steps' time."""
+    from cmc.training.train import Throughput
+
+    ticks = iter([0.0, 5.0, 7.0])
+    rate = Throughput(clock=lambda: next(ticks))
+    for _ in range(5):  # five steps of 1,000 tokens in 5 s
+        rate.add(1_000)
+    assert rate.take() == 1_000.0
+    rate.add(3_000)  # then one step in 2 s: the window starts again
+    assert rate.take() == 1_500.0

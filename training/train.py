@@ -278,6 +278,24 @@ def evaluate(
 # --- loop -----------------------------------------------------------------------------------------
 
 
+class Throughput:
+    """Tokens per second over the steps since the last report (all of them, not the last one's)."""
+
+    def __init__(self, clock=time.perf_counter):
+        self.clock = clock
+        self.start = clock()
+        self.tokens = 0
+
+    def add(self, tokens: int) -> None:
+        self.tokens += tokens
+
+    def take(self) -> float:
+        now = self.clock()
+        rate = self.tokens / max(now - self.start, 1e-9)
+        self.start, self.tokens = now, 0
+        return rate
+
+
 class StopFlag:
     """SIGINT/SIGTERM ask for a clean stop at the next step boundary (agreed by all ranks)."""
 
@@ -451,14 +469,13 @@ class Trainer:
             progress = tqdm(total=cfg.max_steps, initial=state.step, desc="train", unit="step",
                             dynamic_ncols=True)  # fmt: skip
         last_saved = state.step
-        window = time.perf_counter()
+        rate = Throughput()
         self.model.train()
         while state.step < cfg.max_steps:
             record = self.step()
+            rate.add(record.pop("tokens"))
             if rank == 0 and state.step % cfg.log_every == 0:
-                elapsed = time.perf_counter() - window
-                record["tokens_per_s"] = round(record.pop("tokens") / max(elapsed, 1e-9), 1)
-                window = time.perf_counter()
+                record["tokens_per_s"] = round(rate.take(), 1)
                 with self.metrics_path.open("a") as f:
                     f.write(json.dumps(record) + "\n")
                 if progress is not None:
