@@ -185,6 +185,19 @@ def test_paths_git_must_quote(repo: Path, name: str):
     assert "odd name" in mods[name].diff
 
 
+def cmc_prompt(repo: Path, model: Path) -> dict:
+    """`cmc prompt --json` for the staged change of ``repo`` with ``model``."""
+    import json
+    import subprocess
+
+    from conftest import cmc_env
+
+    out = subprocess.run(["cmc", "prompt", "--json", "--model", str(model)], cwd=repo,
+                         env=cmc_env(), capture_output=True, text=True)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 def test_a_model_with_a_recall_section_reads_the_repository_memory(
     repo: Path, tiny_model: Path, tmp_path: Path
 ):
@@ -205,24 +218,18 @@ def test_a_model_with_a_recall_section_reads_the_repository_memory(
     )
     git(repo, "add", "src/parser.py")
 
-    def prompt(model: Path) -> dict:
-        out = subprocess.run(["cmc", "prompt", "--json", "--model", str(model)], cwd=repo,
-                             env=cmc_env(), capture_output=True, text=True)  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
     with_recall = tmp_path / "with-recall"
     shutil.copytree(tiny_model, with_recall)
     meta = read_model_meta(with_recall)
     meta.setdefault("budget", {})["recall_tokens"] = 64
     (with_recall / "cmc.json").write_text(json.dumps(meta))
-    assert prompt(with_recall)["recall_used"] == 0  # no memory yet: no section to fill
+    assert cmc_prompt(repo, with_recall)["recall_used"] == 0  # no memory yet: no section to fill
     built = subprocess.run(["cmc", "memory", "build"], cwd=repo, env=cmc_env(),
                            capture_output=True, text=True)  # fmt: skip
     assert built.returncode == 0, built.stderr
-    plain = prompt(tiny_model)
+    plain = cmc_prompt(repo, tiny_model)
     assert plain["recall_used"] == 0 and "<|recall|>" not in plain["text"]
-    shown = prompt(with_recall)
+    shown = cmc_prompt(repo, with_recall)
     assert shown["recall_used"] >= 1
     section = shown["text"].split("<|recall|>")[1].split("<|msg|>")[0]
     assert section.rstrip().endswith("parser: handle empty input")  # the most alike, last
@@ -251,20 +258,14 @@ def test_a_model_with_a_file_history_section_reads_the_staged_files_history(
     (repo / "src" / "parser.py").write_text("a\nb\nc\n")
     git(repo, "add", "src/parser.py")
 
-    def prompt(model: Path) -> dict:
-        out = subprocess.run(["cmc", "prompt", "--json", "--model", str(model)], cwd=repo,
-                             env=cmc_env(), capture_output=True, text=True)  # fmt: skip
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-    plain = prompt(tiny_model)
+    plain = cmc_prompt(repo, tiny_model)
     assert plain["file_history_used"] == 0 and "<|files|>" not in plain["text"]
     with_files = tmp_path / "with-files"
     shutil.copytree(tiny_model, with_files)
     meta = read_model_meta(with_files)
     meta.setdefault("budget", {})["file_history_tokens"] = 64
     (with_files / "cmc.json").write_text(json.dumps(meta))
-    shown = prompt(with_files)
+    shown = cmc_prompt(repo, with_files)
     assert shown["file_history_used"] == 2
     files_part = shown["text"].split("<|files|>")[1].split("<|history|>")[0]
     assert "parser: handle empty input" in files_part and "parser: keep line numbers" in files_part
