@@ -116,10 +116,12 @@ def neighbour_tokens(recall: Any, tokenizer: Any, table: Any, typed: str, start:
     """The processor for one completion, or None when the memory offers nothing."""
     if recall is None or not len(recall) or (LAMBDA_WHOLE <= 0 and LAMBDA_TAIL <= 0):
         return None
+    from cmc.recalled import subject_or_body
+
     messages = []
     for text, similarity in recall.nearest(NEIGHBOURS):
-        if stop_at_newline and "\n" not in typed:
-            text = text.split("\n", 1)[0].rstrip()
+        if stop_at_newline:
+            text = subject_or_body(text, typed)
         messages.append((tokenizer.encode(text, add_special_tokens=False), similarity))
     if not messages:
         return None

@@ -39,7 +39,7 @@ class Recalled:
     kind: str  # "prefix", "nearest" or "infix"
 
 
-def _subject_or_body(text: str, typed: str) -> str:
+def subject_or_body(text: str, typed: str) -> str:
     """The subject line, unless the typed text is already past it."""
     return text if "\n" in typed else text.split("\n", 1)[0].rstrip()
 
@@ -61,12 +61,12 @@ def candidates(recall: Any, typed: str, k: int = 3) -> list[Recalled]:
         if "nearest" not in OFFERED:
             return []
         for text, similarity in recall.nearest(k * 3):
-            add(_subject_or_body(text, typed), similarity, "nearest")
+            add(subject_or_body(text, typed), similarity, "nearest")
             if len(found) == k:
                 break
         return found
     for text, similarity in recall.continuing(typed, k * 3) if "prefix" in OFFERED else []:
-        message = _subject_or_body(text, typed)
+        message = subject_or_body(text, typed)
         if message.startswith(typed):
             add(message, similarity, "prefix")
             if len(found) == k:
@@ -99,7 +99,7 @@ def _infix(recall: Any, typed: str, k: int) -> list[Recalled]:
     seen: set[str] = set()
     memory = recall.memory
     for i in recall.order[:SCAN]:
-        text = _subject_or_body(memory.messages[i], typed)
+        text = subject_or_body(memory.messages[i], typed)
         match = pattern.search(text)
         if match is None:
             continue
