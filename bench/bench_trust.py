@@ -5,8 +5,9 @@ support, or degenerate text, with and without `cmc.specifics`' decoder constrain
 
 `cmc eval` on the test repositories, history on, 0 / 25 / 50% typed, per arm (each resumes from
 its own predictions): the bundled model with the constraint off (cmc before it), with it on, and
-with it on and the repository memory: its votes while decoding (`cmc.knn`), its messages chosen
-beside the model's (`cmc.recalled`), and both (shipped); for a model with the prompt's recall
+with it on and the typed word finished from the diff's names (`cmc.copying`), with it on and the
+repository memory: its votes while decoding (`cmc.knn`), its messages chosen beside the model's
+(`cmc.recalled`), both, and both with the copying (shipped); for a model with the prompt's recall
 section (``--model``), also the memory in the prompt alone. Prints B-Norm and EM@1 and the shares
 (%) of suggestions with an unsupported specific, a repeated word, a doubled suffix or path, a CI
 marker the author does not use; and of the real messages with an unsupported specific.
@@ -23,14 +24,23 @@ sys.path.insert(0, str(ROOT))
 
 ALL = frozenset({"prefix", "nearest", "infix"})
 ARMS = {  # name: (folder, constraint on, what the memory offers (cmc.recalled.OFFERED) or None
-    #       for no memory, the memory's votes while decoding (cmc.knn) on)
-    "model, no constraint (before)": ("model-no-constraint", False, None, False),
-    "model + constraint": ("model+constraint", True, None, False),
-    "+ the memory's votes only (kNN)": ("model+constraint+votes", True, frozenset(), True),
+    #       for no memory, the memory's votes while decoding (cmc.knn) on, the typed word finished
+    #       from the diff's names (cmc.copying) on)
+    "model, no constraint (before)": ("model-no-constraint", False, None, False, False),
+    "model + constraint": ("model+constraint", True, None, False, False),
+    "+ the diff's names for the typed word only (copying)": (
+        "model+constraint+copy",
+        True,
+        None,
+        False,
+        True,
+    ),
+    "+ the memory's votes only (kNN)": ("model+constraint+votes", True, frozenset(), True, False),
     "+ the memory's messages, chosen (before the votes)": (
         "model+constraint+memory",
         True,
         ALL,
+        False,
         False,
     ),
     "+ the memory in the prompt only (a model with the recall section)": (
@@ -38,8 +48,22 @@ ARMS = {  # name: (folder, constraint on, what the memory offers (cmc.recalled.O
         True,
         frozenset(),
         False,
+        False,
     ),
-    "+ both (shipped)": ("model+constraint+memory+votes", True, ALL, True),
+    "+ the memory's messages and votes (before copying)": (
+        "model+constraint+memory+votes",
+        True,
+        ALL,
+        True,
+        False,
+    ),
+    "+ the memory's messages and votes + copying (shipped)": (
+        "model+constraint+memory+votes+copy",
+        True,
+        ALL,
+        True,
+        True,
+    ),
 }
 
 
@@ -52,7 +76,7 @@ def main() -> int:
     ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
     ap.add_argument("--arms", nargs="*", default=None, help="the arms' folder names (default: all)")
     args = ap.parse_args()
-    from cmc import knn, recalled, specifics
+    from cmc import copying, knn, recalled, specifics
     from cmc.decoding import DecodeSettings
     from cmc.model import read_budget
     from cmc.settings import BUNDLED_MODEL
@@ -64,12 +88,14 @@ def main() -> int:
     settings = DecodeSettings(num_beams=5, max_new_tokens=15)
     rows = []
     real = None
-    for name, (folder, constrain, offered, votes) in ARMS.items():
+    typed_lambda = copying.TYPED_LAMBDA
+    for name, (folder, constrain, offered, votes, copy) in ARMS.items():
         if (args.arms and folder not in args.arms) or (
             folder.endswith("prompt") and not has_section
         ):
             continue
         specifics.CONSTRAIN, knn.ON = constrain, votes
+        copying.TYPED_LAMBDA = typed_lambda if copy else 0.0
         recalled.OFFERED = offered or frozenset()
         memory = offered is not None
         folder = args.out / folder

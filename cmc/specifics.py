@@ -88,6 +88,7 @@ class Support:
     new_versions: list[str] = field(default_factory=list)  # of added lines, in order
     ci_markers: bool = False  # the author's own history uses them
     identifiers: set[str] = field(default_factory=set)  # of the diff, for half-typed words
+    name_counts: dict[str, int] = field(default_factory=dict)  # `cmc.copying.name_counts`
     _names: tuple[frozenset[str], list[str]] | None = field(default=None, compare=False, repr=False)
 
     def names(self) -> tuple[frozenset[str], list[str]]:
@@ -119,6 +120,8 @@ class Support:
         text = "\n".join([*changed, paths, *history, typed]).lower()
         versions = _versions([*changed, *history, typed])
         idents = {m.group(0) for line in changed + kept_headers for m in _IDENTIFIER.finditer(line)}
+        from cmc.copying import name_counts
+
         return cls(
             text,
             versions,
@@ -130,6 +133,7 @@ class Support:
             [v.lstrip("v") for line in added for v in (m.group(0) for m in VERSION.finditer(line))],
             any(CI_MARKER.search(h) for h in history),
             idents,
+            name_counts(changed + kept_headers),
         )
 
     def with_typed(self, typed: str) -> Support:
@@ -139,7 +143,8 @@ class Support:
         versions = _versions([typed])
         extended = Support(self.text + "\n" + typed.lower(), self.versions | versions,
                            self.old_versions, self.new_versions, self.ci_markers or
-                           bool(CI_MARKER.search(typed)), self.identifiers)  # fmt: skip
+                           bool(CI_MARKER.search(typed)), self.identifiers,
+                           self.name_counts)  # fmt: skip
         added = _names_in(typed.lower()) | {"v" + v for v in versions} | versions
         base, ordered = self.names()  # (the context's, sorted once; a keystroke adds a few)
         if added - base:

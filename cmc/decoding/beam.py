@@ -361,6 +361,14 @@ def generate_candidates(
                                settings.stop_at_newline)  # fmt: skip
         if knn is not None:
             processors.append(knn)
+    if support is not None and support.name_counts:
+        from cmc import copying
+
+        if copying.TYPED_LAMBDA > 0 or copying.MODEL_LAMBDA > 0:
+            processors.append(copying.CopyNames(table, support.name_counts, start, head, tail,
+                                                copying.TYPED_LAMBDA, copying.MODEL_LAMBDA,
+                                                copying.MIN_MODEL_WORD,
+                                                copying.MIN_TYPED_WORD))  # fmt: skip
     processors.append(TypedTailConstraint(table, tail, start))
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
