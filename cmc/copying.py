@@ -59,11 +59,12 @@ class CopyNames:
     def __init__(self, table: Any, counts: dict[str, int], start: int, head: str, tail: str,
                  typed_lambda: float, model_lambda: float = 0.0,
                  min_model_word: int = MIN_MODEL_WORD,
-                 min_typed_word: int = MIN_TYPED_WORD) -> None:  # fmt: skip
+                 min_typed_word: int = MIN_TYPED_WORD,
+                 names: list[str] | None = None) -> None:  # fmt: skip
         self.table, self.start, self.head, self.tail = table, start, head, tail
         self.model_lambda = model_lambda
         self.min_model_word = min_model_word
-        self.names = sorted(counts)
+        self.names = sorted(counts) if names is None else names  # sorted
         self.counts = counts
         typed = head + tail
         found = WORD.search(typed) if tail.strip() else None

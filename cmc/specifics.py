@@ -90,6 +90,13 @@ class Support:
     identifiers: set[str] = field(default_factory=set)  # of the diff, for half-typed words
     name_counts: dict[str, int] = field(default_factory=dict)  # `cmc.copying.name_counts`
     _names: tuple[frozenset[str], list[str]] | None = field(default=None, compare=False, repr=False)
+    _sorted_names: list[str] | None = field(default=None, compare=False, repr=False)
+
+    def sorted_names(self) -> list[str]:
+        """``name_counts``' names in order, sorted once per context (not per keystroke)."""
+        if self._sorted_names is None:
+            self._sorted_names = sorted(self.name_counts)
+        return self._sorted_names
 
     def names(self) -> tuple[frozenset[str], list[str]]:
         """The whole names the context holds (words, paths and their parts, versions with and
@@ -150,6 +157,7 @@ class Support:
         if added - base:
             ordered = sorted(base | added)
         extended._names = (base | added, ordered)
+        extended._sorted_names = self.sorted_names()
         return extended
 
     def allows(self, specific: str) -> bool:

@@ -104,3 +104,12 @@ def test_the_model_finishes_the_typed_word_as_the_diffs_name(lm, monkeypatch):
     monkeypatch.setattr(copying, "TYPED_LAMBDA", 1.0)
     copied = complete_context(lm, Context(diff), "Add evi", settings).candidates[0].message
     assert copied.startswith("Add evictionPolicy"), copied
+
+
+def test_the_names_are_counted_and_sorted_once_per_change():
+    """A keystroke does not sort the change's names again (`Support.with_typed` shares them)."""
+    support = specifics.Support.of("src/a.py\n+fooBar = baz.qux(fooBar)\n", [])
+    assert support.name_counts["fooBar"] == 2 and support.name_counts["baz.qux"] == 1
+    first, second = support.with_typed("Fix f"), support.with_typed("Fix foo")
+    assert first.sorted_names() is second.sorted_names() is support.sorted_names()
+    assert support.sorted_names() == sorted(support.name_counts)

@@ -368,7 +368,8 @@ def generate_candidates(
             processors.append(copying.CopyNames(table, support.name_counts, start, head, tail,
                                                 copying.TYPED_LAMBDA, copying.MODEL_LAMBDA,
                                                 copying.MIN_MODEL_WORD,
-                                                copying.MIN_TYPED_WORD))  # fmt: skip
+                                                copying.MIN_TYPED_WORD,
+                                                support.sorted_names()))  # fmt: skip
     processors.append(TypedTailConstraint(table, tail, start))
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
