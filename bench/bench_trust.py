@@ -23,48 +23,38 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 ALL = frozenset({"prefix", "nearest", "infix"})
+THREE = {"nearest": 3, "prefix": 3, "infix": 2}  # cmc.recalled.PER_KIND
+EIGHT = {"nearest": 8, "prefix": 8, "infix": 2}
+SHIPPED = {"nearest": 3, "prefix": 8, "infix": 2}
 ARMS = {  # name: (folder, constraint on, what the memory offers (cmc.recalled.OFFERED) or None
     #       for no memory, the memory's votes while decoding (cmc.knn) on, the typed word finished
-    #       from the diff's names (cmc.copying) on)
-    "model, no constraint (before)": ("model-no-constraint", False, None, False, False),
-    "model + constraint": ("model+constraint", True, None, False, False),
+    #       from the diff's names (cmc.copying) on, the memory's suggestions per kind the chooser
+    #       weighs (cmc.recalled.PER_KIND))
+    "model, no constraint (before)": ("model-no-constraint", False, None, False, False, THREE),
+    "model + constraint": ("model+constraint", True, None, False, False, THREE),
     "+ the diff's names for the typed word only (copying)": (
-        "model+constraint+copy",
-        True,
-        None,
-        False,
-        True,
+        "model+constraint+copy", True, None, False, True, THREE
     ),
-    "+ the memory's votes only (kNN)": ("model+constraint+votes", True, frozenset(), True, False),
+    "+ the memory's votes only (kNN)": ("model+constraint+votes", True, frozenset(), True, False, THREE),
     "+ the memory's messages, chosen (before the votes)": (
-        "model+constraint+memory",
-        True,
-        ALL,
-        False,
-        False,
+        "model+constraint+memory", True, ALL, False, False, THREE
     ),
     "+ the memory in the prompt only (a model with the recall section)": (
-        "model+constraint+prompt",
-        True,
-        frozenset(),
-        False,
-        False,
+        "model+constraint+prompt", True, frozenset(), False, False, THREE
     ),
     "+ the memory's messages and votes (before copying)": (
-        "model+constraint+memory+votes",
-        True,
-        ALL,
-        True,
-        False,
+        "model+constraint+memory+votes", True, ALL, True, False, THREE
     ),
-    "+ the memory's messages and votes + copying (shipped)": (
-        "model+constraint+memory+votes+copy",
-        True,
-        ALL,
-        True,
-        True,
+    "+ the memory's messages and votes + copying (three of each kind chosen from)": (
+        "model+constraint+memory+votes+copy", True, ALL, True, True, THREE
     ),
-}
+    "+ the memory's messages and votes + copying, eight of each kind": (
+        "model+constraint+memory8+votes+copy", True, ALL, True, True, EIGHT
+    ),
+    "+ the memory's messages and votes + copying, eight continuing the typed text (shipped)": (
+        "model+constraint+memory+votes+copy+prefix8", True, ALL, True, True, SHIPPED
+    ),
+}  # fmt: skip
 
 
 def main() -> int:
@@ -89,7 +79,7 @@ def main() -> int:
     rows = []
     real = None
     typed_lambda = copying.TYPED_LAMBDA
-    for name, (folder, constrain, offered, votes, copy) in ARMS.items():
+    for name, (folder, constrain, offered, votes, copy, per_kind) in ARMS.items():
         if (args.arms and folder not in args.arms) or (
             folder.endswith("prompt") and not has_section
         ):
@@ -97,6 +87,7 @@ def main() -> int:
         specifics.CONSTRAIN, knn.ON = constrain, votes
         copying.TYPED_LAMBDA = typed_lambda if copy else 0.0
         recalled.OFFERED = offered or frozenset()
+        recalled.PER_KIND = per_kind
         memory = offered is not None
         folder = args.out / folder
         result = run_eval(args.data, model, [0.0, 0.25, 0.5], [True], args.limit,

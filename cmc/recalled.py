@@ -44,11 +44,12 @@ def subject_or_body(text: str, typed: str) -> str:
     return text if "\n" in typed else text.split("\n", 1)[0].rstrip()
 
 
-def candidates(recall: Any, typed: str, k: int = 3) -> list[Recalled]:
+def candidates(recall: Any, typed: str, k: int | None = None) -> list[Recalled]:
     """What the memory offers for ``typed``: messages continuing it exactly; with nothing typed the
     most alike commits' subjects; else messages continuing its last words."""
     if recall is None or not len(recall):
         return []
+    per_kind = dict.fromkeys(PER_KIND, k) if k is not None else PER_KIND
     found: list[Recalled] = []
     seen: set[str] = set()
 
@@ -60,11 +61,13 @@ def candidates(recall: Any, typed: str, k: int = 3) -> list[Recalled]:
     if not typed.strip():
         if "nearest" not in OFFERED:
             return []
+        k = per_kind["nearest"]
         for text, similarity in recall.nearest(k * 3):
             add(subject_or_body(text, typed), similarity, "nearest")
             if len(found) == k:
                 break
         return found
+    k = per_kind["prefix"]
     for text, similarity in recall.continuing(typed, k * 3) if "prefix" in OFFERED else []:
         message = subject_or_body(text, typed)
         if message.startswith(typed):
@@ -72,6 +75,7 @@ def candidates(recall: Any, typed: str, k: int = 3) -> list[Recalled]:
             if len(found) == k:
                 return found
     if not found and "infix" in OFFERED:
+        # as many as continue it would: `fitted` may drop some, `options` weighs the first few
         found += _infix(recall, typed, k)
     return found
 
@@ -127,6 +131,8 @@ def fitted(offered: list[Recalled], typed: str, support: Any) -> list[Recalled]:
 
 
 KINDS = ("model", "nearest", "prefix", "infix")
+# The memory's suggestions of each kind the chooser weighs (measured: docs/memory.md).
+PER_KIND = {"nearest": 3, "prefix": 8, "infix": 2}
 INFIX_MIN_TYPED_WORDS = 4  # measured: shorter typed text matched by chance (see the docstring)
 _WORDS = re.compile(r"\w+")
 
@@ -175,15 +181,16 @@ def _features(options: list[Option], history: list[str]) -> list[list[float]]:
 
 
 def options(model: list[Candidate], recalled: list[Recalled], typed: str) -> list[Option]:
-    """What the chooser weighs: the model's first three and the memory's first three (infix
-    suggestions only where nothing continues the typed text and it has enough words)."""
+    """What the chooser weighs: the model's first three and the memory's first of each kind
+    (`PER_KIND`; infix suggestions only where nothing continues the typed text and it has enough
+    words)."""
     out = [Option(c, "model", i, score=c.score) for i, c in enumerate(model[:3])]
     rank: dict[str, int] = {}
     for r in recalled:
         if r.kind == "infix" and len(_WORD.findall(typed)) < INFIX_MIN_TYPED_WORDS:
             continue
         rank[r.kind] = rank.get(r.kind, -1) + 1
-        if rank[r.kind] < (2 if r.kind == "infix" else 3):
+        if rank[r.kind] < PER_KIND[r.kind]:
             out.append(Option(Candidate(r.message, r.continuation, r.similarity), r.kind,
                               rank[r.kind], similarity=r.similarity))  # fmt: skip
     return out

@@ -13,6 +13,7 @@ from conftest import cmc_env, git
 from test_data import RepoBuilder
 
 from cmc import memory as mem
+from cmc import recalled
 from cmc.diffs import Mod
 from cmc.gitctx import GitRepo
 
@@ -123,6 +124,25 @@ def test_a_row_recalls_only_what_its_author_had(tmp_path: Path):
     assert offered == had and target not in offered and side not in offered
     assert shas["parser"][2] not in offered  # later work on the same file
     assert recall.nearest(1)[0][0].startswith("parser: handle token case 0")
+
+
+def test_the_chooser_weighs_the_memorys_first_of_each_kind(tmp_path: Path, monkeypatch):
+    """`recalled.PER_KIND`: how many of the most alike commits' subjects (nothing typed) and of
+    the messages continuing the typed text reach the chooser, each kind by itself."""
+    b, _ = area_repo(tmp_path / "repo", rounds=10)
+    build(b.path)
+    memory = mem.load_cached(b.path / ".git")
+    recall = mem.recall(memory, mem.diff_features(staged_like("parser")), None)
+    for nearest_k, prefix_k in ((3, 8), (8, 3)):
+        monkeypatch.setattr(recalled, "PER_KIND", {"nearest": nearest_k, "prefix": prefix_k,
+                                                   "infix": 2})  # fmt: skip
+        nearest = recalled.candidates(recall, "")
+        assert len(nearest) == nearest_k and {r.kind for r in nearest} == {"nearest"}
+        assert nearest[0].message.startswith("parser: handle token case ")
+        assert sum(o.kind == "nearest" for o in recalled.options([], nearest, "")) == nearest_k
+        prefix = recalled.candidates(recall, "cache: evict")
+        assert len(prefix) == prefix_k and all(r.message.startswith("cache: evict") for r in prefix)
+        assert sum(o.kind == "prefix" for o in recalled.options([], prefix, "c")) == prefix_k
 
 
 def test_cli_builds_reports_and_clears(tmp_path: Path):
