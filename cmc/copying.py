@@ -32,6 +32,7 @@ TYPED_LAMBDA = 0.7  # the word the user is typing
 MODEL_LAMBDA = 0.0  # a word the model started itself
 MIN_MODEL_WORD = 3  # letters of a model-started word before names vote on it
 MIN_TYPED_WORD = 3  # letters the typed word needs before names vote on it
+MOST_NAMES = 256  # the most used names that vote for one word (a generated file has thousands)
 WORD = re.compile(r"[A-Za-z0-9_]+$")
 NAME = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
 PART = re.compile(r"[A-Za-z_]\w*")
@@ -74,6 +75,7 @@ class CopyNames:
         self.typed_lambda = typed_lambda
         self.typed_at = found.start() if found else -1
         self.typed_len = len(typed)
+        self._memo: dict[tuple[str, str], tuple[dict[int, float], float]] = {}
 
     def _with_prefix(self, word: str) -> list[str]:
         lo = bisect.bisect_left(self.names, word)
@@ -96,9 +98,22 @@ class CopyNames:
             lam, must = self.model_lambda, word
         if lam <= 0:
             return {}, 0.0
+        key = (word, must)
+        if key not in self._memo:  # the beams share words; bounded for a diff of many names
+            votes, share = self._votes(word, must)
+            self._memo[key] = votes, share
+        votes, share = self._memo[key]
+        return votes, lam * share
+
+    def _votes(self, word: str, must: str) -> tuple[dict[int, float], float]:
+        """Votes of the (at most `MOST_NAMES` most used) names starting with ``must`` for what
+        follows ``word``, and the share of their uses that run past it."""
+        names = self._with_prefix(must)
+        if len(names) > MOST_NAMES:
+            names = sorted(names, key=lambda n: -self.counts[n])[:MOST_NAMES]
         votes: dict[int, float] = {}
         extending = ending = 0
-        for name in self._with_prefix(must):
+        for name in names:
             n = self.counts[name]
             if name == word:
                 ending += n
@@ -110,7 +125,7 @@ class CopyNames:
             extending += n
         if not votes:
             return {}, 0.0
-        return votes, lam * extending / (extending + ending)
+        return votes, extending / (extending + ending)
 
     def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
         vocab = scores.shape[1]

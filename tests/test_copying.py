@@ -113,3 +113,17 @@ def test_the_names_are_counted_and_sorted_once_per_change():
     first, second = support.with_typed("Fix f"), support.with_typed("Fix foo")
     assert first.sorted_names() is second.sorted_names() is support.sorted_names()
     assert support.sorted_names() == sorted(support.name_counts)
+
+
+def test_only_the_most_used_names_vote(table, monkeypatch):
+    """A generated file can hold thousands of names with one start: the most used vote, and
+    each word's votes are worked out once for all beams."""
+    monkeypatch.setattr(copying, "MOST_NAMES", 2)
+    u = 1.0 / table.vocab_size
+    counts = {"getAlpha": 5, "getBeta": 3, "getGamma": 1}
+    out = mix(table, counts, "Fix get", b" get")
+    voted = {bytes(table.bytes[t]) for t, p in enumerate(out) if p > 2 * u}
+    assert voted and all(b"Alpha".startswith(v) or b"Beta".startswith(v) for v in voted)
+    assert sum(out[t] for t, p in enumerate(out) if p > 2 * u) == pytest.approx(
+        0.5 + 0.5 * u * len(voted), abs=1e-6
+    )
