@@ -28,13 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from cmc.knn import mix_votes
+from cmc.specifics import IDENTIFIER
+
 TYPED_LAMBDA = 0.7  # the word the user is typing
 MODEL_LAMBDA = 0.0  # a word the model started itself
 MIN_MODEL_WORD = 3  # letters of a model-started word before names vote on it
 MIN_TYPED_WORD = 3  # letters the typed word needs before names vote on it
 MOST_NAMES = 256  # the most used names that vote for one word (a generated file has thousands)
 WORD = re.compile(r"[A-Za-z0-9_]+$")
-NAME = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
 PART = re.compile(r"[A-Za-z_]\w*")
 
 
@@ -43,7 +45,7 @@ def name_counts(lines: list[str]) -> Counter[str]:
     each of their parts (``App``, ``Run``)."""
     counts: Counter[str] = Counter()
     for line in lines:
-        for m in NAME.finditer(line):
+        for m in IDENTIFIER.finditer(line):
             name = m.group(0)
             counts[name] += 1
             parts = PART.findall(name)
@@ -128,18 +130,8 @@ class CopyNames:
         return votes, extending / (extending + ending)
 
     def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
-        vocab = scores.shape[1]
         for row, seq in enumerate(seqs):
             produced = self.table.text(seq[self.start :])
-            text = self.head + produced.decode("utf-8", "replace")
-            votes, lam = self.votes(text)
-            if not votes or lam <= 0:
-                continue
-            total = sum(votes.values())
-            ids = np.fromiter((t for t in votes if t < vocab), dtype=np.int64)
-            share = np.fromiter((votes[t] / total for t in votes if t < vocab), dtype=np.float64)
-            mixed = (1.0 - lam) * np.exp(scores[row, ids].astype(np.float64)) + lam * share
-            with np.errstate(divide="ignore"):
-                scores[row] += np.float32(np.log1p(-lam)) if lam < 1 else -np.inf
-                scores[row, ids] = np.log(mixed).astype(scores.dtype)
+            votes, lam = self.votes(self.head + produced.decode("utf-8", "replace"))
+            mix_votes(scores[row], votes, lam)
         return scores

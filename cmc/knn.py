@@ -95,20 +95,26 @@ class NeighbourTokens:
         return {}, 0.0
 
     def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
-        vocab = scores.shape[1]
         for row, seq in enumerate(seqs):
             votes, lam = self._votes(seq[self.start :])
-            if not votes or lam <= 0:
-                continue
-            total = sum(votes.values())
-            ids = np.fromiter((t for t in votes if t < vocab), dtype=np.int64)
-            share = np.fromiter((votes[t] / total for t in votes if t < vocab), dtype=np.float64)
-            # log((1 - λ) p + λ v): the tokens without a vote only move by log(1 - λ)
-            voted = (1.0 - lam) * np.exp(scores[row, ids].astype(np.float64)) + lam * share
-            with np.errstate(divide="ignore"):
-                scores[row] += np.float32(np.log1p(-lam)) if lam < 1 else -np.inf
-                scores[row, ids] = np.log(voted).astype(scores.dtype)
+            mix_votes(scores[row], votes, lam)
         return scores
+
+
+def mix_votes(scores: np.ndarray, votes: dict[int, float], lam: float) -> None:
+    """One hypothesis' next-token log-probabilities ``scores`` become, in place,
+    log((1 - λ) p + λ v), v the ``votes`` normalized: the tokens without a vote only move by
+    log(1 - λ). Nothing changes without votes or with λ 0. (Also `cmc.copying`'s mix.)"""
+    if not votes or lam <= 0:
+        return
+    vocab = scores.shape[0]
+    total = sum(votes.values())
+    ids = np.fromiter((t for t in votes if t < vocab), dtype=np.int64)
+    share = np.fromiter((votes[t] / total for t in votes if t < vocab), dtype=np.float64)
+    voted = (1.0 - lam) * np.exp(scores[ids].astype(np.float64)) + lam * share
+    with np.errstate(divide="ignore"):
+        scores += np.float32(np.log1p(-lam)) if lam < 1 else -np.inf
+        scores[ids] = np.log(voted).astype(scores.dtype)
 
 
 def neighbour_tokens(recall: Any, tokenizer: Any, table: Any, typed: str, start: int,

@@ -37,7 +37,8 @@ CI_MARKER = re.compile(
 )
 # Not file names, though they look like one: abbreviations and prose.
 _NOT_FILES = {"e.g", "i.e", "etc", "vs", "a.k.a", "n.b"}
-_IDENTIFIER = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
+# A name of code: dotted, pathed or dashed ones whole (``App.Run``, ``src/app``, ``foo-bar``).
+IDENTIFIER = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
 
 
 def specifics(text: str) -> list[str]:
@@ -126,7 +127,7 @@ class Support:
         paths = "\n".join(kept_headers + [p.rsplit("/", 1)[-1] for p in kept_headers])
         text = "\n".join([*changed, paths, *history, typed]).lower()
         versions = _versions([*changed, *history, typed])
-        idents = {m.group(0) for line in changed + kept_headers for m in _IDENTIFIER.finditer(line)}
+        idents = {m.group(0) for line in changed + kept_headers for m in IDENTIFIER.finditer(line)}
         from cmc.copying import name_counts
 
         return cls(
