@@ -44,12 +44,11 @@ def subject_or_body(text: str, typed: str) -> str:
     return text if "\n" in typed else text.split("\n", 1)[0].rstrip()
 
 
-def candidates(recall: Any, typed: str, k: int | None = None) -> list[Recalled]:
+def candidates(recall: Any, typed: str) -> list[Recalled]:
     """What the memory offers for ``typed``: messages continuing it exactly; with nothing typed the
     most alike commits' subjects; else messages continuing its last words."""
     if recall is None or not len(recall):
         return []
-    per_kind = dict.fromkeys(PER_KIND, k) if k is not None else PER_KIND
     found: list[Recalled] = []
     seen: set[str] = set()
 
@@ -61,13 +60,13 @@ def candidates(recall: Any, typed: str, k: int | None = None) -> list[Recalled]:
     if not typed.strip():
         if "nearest" not in OFFERED:
             return []
-        k = per_kind["nearest"]
+        k = PER_KIND["nearest"]
         for text, similarity in recall.nearest(k * 3):
             add(subject_or_body(text, typed), similarity, "nearest")
             if len(found) == k:
                 break
         return found
-    k = per_kind["prefix"]
+    k = PER_KIND["prefix"]
     for text, similarity in recall.continuing(typed, k * 3) if "prefix" in OFFERED else []:
         message = subject_or_body(text, typed)
         if message.startswith(typed):
