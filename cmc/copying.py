@@ -64,7 +64,7 @@ class CopyNames:
                  min_model_word: int = MIN_MODEL_WORD,
                  min_typed_word: int = MIN_TYPED_WORD,
                  names: list[str] | None = None) -> None:  # fmt: skip
-        self.table, self.start, self.head, self.tail = table, start, head, tail
+        self.table, self.start, self.head = table, start, head
         self.model_lambda = model_lambda
         self.min_model_word = min_model_word
         self.names = sorted(counts) if names is None else names  # sorted
