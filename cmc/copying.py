@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import bisect
 import re
-from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from cmc.knn import mix_votes
-from cmc.specifics import IDENTIFIER
 
 TYPED_LAMBDA = 0.7  # the word the user is typing
 MODEL_LAMBDA = 0.0  # a word the model started itself
@@ -37,21 +35,6 @@ MIN_MODEL_WORD = 3  # letters of a model-started word before names vote on it
 MIN_TYPED_WORD = 3  # letters the typed word needs before names vote on it
 MOST_NAMES = 256  # the most used names that vote for one word (a generated file has thousands)
 WORD = re.compile(r"[A-Za-z0-9_]+$")
-PART = re.compile(r"[A-Za-z_]\w*")
-
-
-def name_counts(lines: list[str]) -> Counter[str]:
-    """How often the lines use each name: dotted or pathed ones (``App.Run``, ``src/app``) and
-    each of their parts (``App``, ``Run``)."""
-    counts: Counter[str] = Counter()
-    for line in lines:
-        for m in IDENTIFIER.finditer(line):
-            name = m.group(0)
-            counts[name] += 1
-            parts = PART.findall(name)
-            if len(parts) > 1:
-                counts.update(parts)
-    return counts
 
 
 class CopyNames:

@@ -17,6 +17,7 @@ decoder from writing them at all.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,21 @@ CI_MARKER = re.compile(
 _NOT_FILES = {"e.g", "i.e", "etc", "vs", "a.k.a", "n.b"}
 # A name of code: dotted, pathed or dashed ones whole (``App.Run``, ``src/app``, ``foo-bar``).
 IDENTIFIER = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
+_PART = re.compile(r"[A-Za-z_]\w*")
+
+
+def name_counts(lines: list[str]) -> Counter[str]:
+    """How often the lines use each name: dotted or pathed ones (``App.Run``, ``src/app``) and
+    each of their parts (``App``, ``Run``). What `cmc.copying` finishes a half-typed word with."""
+    counts: Counter[str] = Counter()
+    for line in lines:
+        for m in IDENTIFIER.finditer(line):
+            name = m.group(0)
+            counts[name] += 1
+            parts = _PART.findall(name)
+            if len(parts) > 1:
+                counts.update(parts)
+    return counts
 
 
 def specifics(text: str) -> list[str]:
@@ -89,7 +105,7 @@ class Support:
     new_versions: list[str] = field(default_factory=list)  # of added lines, in order
     ci_markers: bool = False  # the author's own history uses them
     identifiers: set[str] = field(default_factory=set)  # of the diff, for half-typed words
-    name_counts: dict[str, int] = field(default_factory=dict)  # `cmc.copying.name_counts`
+    name_counts: dict[str, int] = field(default_factory=dict)  # `name_counts`
     _names: tuple[frozenset[str], list[str]] | None = field(default=None, compare=False, repr=False)
     _sorted_names: list[str] | None = field(default=None, compare=False, repr=False)
 
@@ -128,8 +144,6 @@ class Support:
         text = "\n".join([*changed, paths, *history, typed]).lower()
         versions = _versions([*changed, *history, typed])
         idents = {m.group(0) for line in changed + kept_headers for m in IDENTIFIER.finditer(line)}
-        from cmc.copying import name_counts
-
         return cls(
             text,
             versions,
