@@ -18,6 +18,7 @@ weights, the model's first candidate and the best option (the bound of any choos
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import sys
@@ -154,21 +155,13 @@ def _dump_rows(sample: list[dict], repos: str, out: Path, caught: dict) -> None:
 
 
 def fit(path: Path) -> None:
-    import sacrebleu
-
     from cmc import recalled
     from cmc.decoding import Candidate
     from cmc.recalled import Recalled
+    from cmc.training.evaluate import b_norm
 
     records = [json.loads(line) for line in path.open()]
-    memo: dict = {}
-
-    def bnorm(prediction: str, target: str) -> float:
-        if (prediction, target) not in memo:
-            memo[prediction, target] = sacrebleu.sentence_bleu(
-                prediction, [target], smooth_method="add-k", smooth_value=1, lowercase=True,
-                tokenize="13a").score  # fmt: skip
-        return memo[prediction, target]
+    bnorm = functools.cache(b_norm)  # each variant scores the same options again
 
     def extra_none(o, info):
         return []
@@ -216,26 +209,29 @@ def fit(path: Path) -> None:
         y = np.concatenate([e[3] for e in items])
         return np.linalg.solve(x.T @ x + np.eye(x.shape[1]), x.T @ y)
 
-    def scores(items, pick) -> str:
-        return " / ".join(f"{np.mean([e[3][pick(e)] for e in items if e[1] == r]):5.2f}" for r in RATIOS)  # fmt: skip
+    def scores(items, picks) -> str:
+        """B-Norm per typed share of the options ``picks`` (an index per item)."""
+        got = [(e[1], e[3][i]) for e, i in zip(items, picks)]
+        return " / ".join(f"{np.mean([s for r, s in got if r == ratio]):5.2f}" for ratio in RATIOS)  # fmt: skip
+
+    def by(items, w) -> list[int]:
+        return [int(np.argmax(e[2] @ w)) for e in items]
 
     def left_out(items) -> str:
-        picked = {}
+        picks = [0] * len(items)
         for held in sorted({e[0] for e in items}):
             w = ridge([e for e in items if e[0] != held])
             for i, e in enumerate(items):
                 if e[0] == held:
-                    picked[i] = int(np.argmax(e[2] @ w))
-        index = {id(e): i for i, e in enumerate(items)}
-        return scores(items, lambda e: picked[index[id(e)]])
+                    picks[i] = by([e], w)[0]
+        return scores(items, picks)
 
     shipped = dict(recalled.PER_KIND)
     base = examples(shipped, extra_none)
     print(f"{len(records)} completions; B-Norm at 0 / 25 / 50% typed of the option picked")
-    print(f"{'the first of the model':<44} {scores(base, lambda e: 0)}")
-    print(f"{'the best option (any chooser bound)':<44} {scores(base, lambda e: int(np.argmax(e[3])))}")  # fmt: skip
-    weights = np.array(recalled.WEIGHTS)
-    print(f"{'the shipped weights':<44} {scores(base, lambda e: int(np.argmax(e[2] @ weights)))}")  # fmt: skip
+    print(f"{'the first of the model':<44} {scores(base, [0] * len(base))}")
+    print(f"{'the best option (any chooser bound)':<44} {scores(base, [int(np.argmax(e[3])) for e in base])}")  # fmt: skip
+    print(f"{'the shipped weights':<44} {scores(base, by(base, np.array(recalled.WEIGHTS)))}")
     for per_kind in (shipped, dict(OFFERED)):
         counts = "/".join(str(per_kind[k]) for k in ("nearest", "prefix", "infix"))
         for name, extra in (("refitted", extra_none), ("+ same author, recency", author),

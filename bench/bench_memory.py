@@ -173,20 +173,14 @@ def fit(data: str, repos: str, per_repo: int, out: Path, split: str) -> None:
     import random
     from collections import defaultdict
 
-    import sacrebleu
-
     from cmc import recalled
     from cmc.complete import complete_context, context_from_row
     from cmc.decoding import DecodeSettings
     from cmc.memory import RowMemories
     from cmc.model import load_model
     from cmc.settings import BUNDLED_MODEL
-    from cmc.training.evaluate import load_split, typed_prefix
+    from cmc.training.evaluate import b_norm, load_split, typed_prefix
     from cmc.training.mine import find_repo
-
-    def bnorm(prediction: str, target: str) -> float:
-        return sacrebleu.sentence_bleu(prediction, [target], smooth_method="add-k",
-                                       smooth_value=1, lowercase=True, tokenize="13a").score  # fmt: skip
 
     by_repo = defaultdict(list)
     for row in load_split(data, split):
@@ -214,7 +208,7 @@ def fit(data: str, repos: str, per_repo: int, out: Path, split: str) -> None:
                 finally:
                     recalled.OFFERED = offered
                 opts = recalled.options(model, recalled.candidates(context.recall, typed), typed)
-                labels = [bnorm(o.candidate.continuation, target) for o in opts]
+                labels = [b_norm(o.candidate.continuation, target) for o in opts]
                 features = recalled._features(opts, context.history)
                 examples.append((row["repo"], ratio, features, labels))
                 f.write(json.dumps({"repo": row["repo"], "ratio": ratio, "kinds": [o.kind for o in opts],

@@ -43,17 +43,16 @@ IDENTIFIER = re.compile(r"[A-Za-z_][\w]*(?:[.:/-][A-Za-z_][\w]*)*")
 _PART = re.compile(r"[A-Za-z_]\w*")
 
 
-def name_counts(lines: list[str]) -> Counter[str]:
-    """How often the lines use each name: dotted or pathed ones (``App.Run``, ``src/app``) and
-    each of their parts (``App``, ``Run``). What `cmc.copying` finishes a half-typed word with."""
+def name_counts(names: Iterable[str]) -> Counter[str]:
+    """How often each name is used, from its uses (`IDENTIFIER` matches): dotted or pathed ones
+    (``App.Run``, ``src/app``) and each of their parts (``App``, ``Run``). What `cmc.copying`
+    finishes a half-typed word with."""
     counts: Counter[str] = Counter()
-    for line in lines:
-        for m in IDENTIFIER.finditer(line):
-            name = m.group(0)
-            counts[name] += 1
-            parts = _PART.findall(name)
-            if len(parts) > 1:
-                counts.update(parts)
+    for name in names:
+        counts[name] += 1
+        parts = _PART.findall(name)
+        if len(parts) > 1:
+            counts.update(parts)
     return counts
 
 
@@ -143,7 +142,7 @@ class Support:
         paths = "\n".join(kept_headers + [p.rsplit("/", 1)[-1] for p in kept_headers])
         text = "\n".join([*changed, paths, *history, typed]).lower()
         versions = _versions([*changed, *history, typed])
-        idents = {m.group(0) for line in changed + kept_headers for m in IDENTIFIER.finditer(line)}
+        uses = [name for line in changed + kept_headers for name in IDENTIFIER.findall(line)]
         return cls(
             text,
             versions,
@@ -154,8 +153,8 @@ class Support:
             ],
             [v.lstrip("v") for line in added for v in (m.group(0) for m in VERSION.finditer(line))],
             any(CI_MARKER.search(h) for h in history),
-            idents,
-            name_counts(changed + kept_headers),
+            set(uses),
+            name_counts(uses),
         )
 
     def with_typed(self, typed: str) -> Support:

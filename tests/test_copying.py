@@ -29,7 +29,8 @@ def table(lm):
 
 
 def test_names_and_their_parts_are_counted():
-    counts = specifics.name_counts(["x = App.RunTask(run_task)", "src/app/run.py", "App.RunTask()"])
+    lines = ["x = App.RunTask(run_task)", "src/app/run.py", "App.RunTask()"]
+    counts = specifics.name_counts(n for line in lines for n in specifics.IDENTIFIER.findall(line))
     assert counts["App.RunTask"] == 2
     assert counts["RunTask"] == 2 and counts["App"] == 2
     assert counts["run_task"] == 1 and counts["src/app/run.py"] == 1 and counts["py"] == 1

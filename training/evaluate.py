@@ -58,6 +58,14 @@ def not_better(candidate: dict, base: dict) -> list[str]:
     return reasons
 
 
+def b_norm(prediction: str, target: str) -> float:
+    """B-Norm of one continuation: sentence BLEU-4, +1 smoothing, lowercased, punctuation split."""
+    import sacrebleu
+
+    return sacrebleu.sentence_bleu(prediction, [target], smooth_method="add-k", smooth_value=1,
+                                   lowercase=True, tokenize="13a").score  # fmt: skip
+
+
 def typed_prefix(message: str, ratio: float) -> str:
     return message[: int(len(message) * ratio)]
 
@@ -152,12 +160,7 @@ def score(predictions: list[str], targets: list[str]) -> dict[str, float]:
     if not pairs:
         return dict.fromkeys(METRICS, 0.0)
     preds, refs = [p for p, _ in pairs], [t for _, t in pairs]
-    bnorm = [
-        sacrebleu.sentence_bleu(
-            p, [t], smooth_method="add-k", smooth_value=1, lowercase=True, tokenize="13a"
-        ).score
-        for p, t in pairs
-    ]
+    bnorm = [b_norm(p, t) for p, t in pairs]
     edit = [100 * Levenshtein.normalized_similarity(p, t) for p, t in pairs]
     out = {"B-Norm": sum(bnorm) / len(bnorm), "EditSim": sum(edit) / len(edit)}
     for k in (1, 2):
