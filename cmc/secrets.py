@@ -228,7 +228,8 @@ _NOT_A_VALUE = re.compile(
     r"""^["'`]?(?:[$@&(\[{:%#].*|[\w.$:!?<>\\]+\s*\(.*|[~^<>=v]*\d+(?:\.\d+)+\S*|\w+:|\{\{.*\}\}|<[^>]*>|\*+|x{3,}|\.\.\.|changeme|example|"""
     r"""dummy|placeholder|your[_-]\w+|none|null|nil|true|false|undefined|""|''|os\.environ.*|"""
     r"""env\[.*|process\.env.*|getenv.*|self\.\w+|this\.\w+|[\w.]+\(.*|\w+\.\w+(?:\.\w+)*|[\w.]+\[.*|"""
-    r"""[a-z_]+|[a-z]+(?:[A-Z][a-z]+)+)["'`]?,?$""",
+    r"""[a-z_]+|(?-i:[a-z]+(?:[A-Z][a-z]+)+))["'`]?,?$""",  # camelCase case-sensitively: under
+    # IGNORECASE its two loops match the same letters, and a long word backtracked for 30 s
     re.IGNORECASE,
 )
 # Key names about a secret rather than holding one (its id, label, length, where it lives, …).

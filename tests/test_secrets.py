@@ -89,3 +89,18 @@ def test_cmc_prompt_shows_exactly_the_masked_input(repo: Path, tiny_model: Path)
                                      capture_output=True, text=True).stdout)  # fmt: skip
     assert token not in full["diff"] and token not in " ".join(full["history"])
     assert full["history"] and MASK in full["history"][0]
+
+
+def test_a_long_word_after_a_secret_name_does_not_backtrack_for_ever():
+    """A line of Objective-C (a method name holding "Token", then a long word) took 32 s to mask:
+    `_NOT_A_VALUE`'s camelCase branch, under IGNORECASE, backtracked exponentially. Now linear:
+    the line masks in far under the hook's budget however long the word."""
+    import time
+
+    line = (
+        "+ OCMStub([tokenExchangeMock performDbTokenAsyncOperationWithHttpClientAndMoreWords:"
+        "OCMOCK_ANY partition:OCMOCK_ANY completionHandler:OCMOCK_ANY])"
+    )
+    started = time.perf_counter()
+    assert mask_secrets(line) == line
+    assert time.perf_counter() - started < 5  # exponential before: far past minutes
