@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cmc import CmcError
+from cmc.gitcmd import git_argv
 from cmc.prompt import FILE_HISTORY_KEEP
 
 if TYPE_CHECKING:
@@ -61,7 +62,11 @@ DEFAULT_EXCLUDES = (
     "*.svg",
 )
 
-MAX_IGNORE_PATTERNS = 10_000  # of .cmcignore; more is a mistake, and each costs every file a match
+# .cmcignore is a committed file, so anyone with push access writes it: bounded, so that it cannot
+# slow every completion (each pattern costs every staged path a match; one 1 MB line took 2 s).
+MAX_IGNORE_PATTERNS = 1_000
+MAX_IGNORE_BYTES = 64 << 10  # read at most this much of it
+MAX_PATTERN_CHARS = 512  # a longer line is no path pattern: skipped
 
 
 def _compile_pattern(raw: str) -> tuple[bool, re.Pattern[str]]:
@@ -108,8 +113,8 @@ class GitRepo:
         self._path = Path(path)
         try:
             out = subprocess.run(
-                ["git", "rev-parse", "--absolute-git-dir", "--git-common-dir",
-                 "--is-inside-work-tree"],
+                git_argv("rev-parse", "--absolute-git-dir", "--git-common-dir",
+                         "--is-inside-work-tree"),
                 cwd=self._path, capture_output=True, text=True, check=False,
             )  # fmt: skip
         except OSError as exc:  # no such folder, or no git at all
@@ -125,14 +130,14 @@ class GitRepo:
         self.common_dir = (common if common.is_absolute() else self._path / common).resolve()
         self.root: Path | None = None
         if lines[2] == "true":
-            top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=self._path,
+            top = subprocess.run(git_argv("rev-parse", "--show-toplevel"), cwd=self._path,
                                  capture_output=True, text=True, check=False)  # fmt: skip
             if top.returncode == 0 and top.stdout.strip():
                 self.root = Path(top.stdout.strip())
 
     def _git(self, *args: str) -> str:
         """git's output (its final newline dropped); a failing git is one line in git's words."""
-        out = subprocess.run(["git", *args], cwd=self.cwd, capture_output=True, check=False)
+        out = subprocess.run(git_argv(*args), cwd=self.cwd, capture_output=True, check=False)
         if out.returncode != 0:
             lines = out.stderr.decode("utf-8", "replace").splitlines()
             said = next((x for x in lines if x.strip()), f"exit status {out.returncode}")
@@ -144,7 +149,7 @@ class GitRepo:
         return self.root or self.git_dir
 
     def _quiet(self, *args: str) -> int:
-        return subprocess.run(["git", *args], cwd=self.cwd, capture_output=True,
+        return subprocess.run(git_argv(*args), cwd=self.cwd, capture_output=True,
                               check=False).returncode  # fmt: skip
 
     def has_head(self) -> bool:
@@ -158,17 +163,15 @@ class GitRepo:
         patterns = [*DEFAULT_EXCLUDES, *configured]
         ignore = self.root / ".cmcignore" if self.root is not None else None
         if ignore is not None and ignore.is_file():
-            with ignore.open(encoding="utf-8", errors="replace") as f:
-                for line in f:
-                    line = line.strip()
-                    if line and not line.startswith("#"):
-                        patterns.append(line)
-                        if len(patterns) > MAX_IGNORE_PATTERNS:
-                            break
+            with ignore.open("rb") as f:
+                text = f.read(MAX_IGNORE_BYTES).decode("utf-8", "replace")
+            kept = [line.strip() for line in text.splitlines()]
+            kept = [x for x in kept if x and not x.startswith("#") and len(x) <= MAX_PATTERN_CHARS]
+            patterns += kept[:MAX_IGNORE_PATTERNS]
         return Exclusions(patterns)
 
     def _stream(self, *args: str) -> Iterator[str]:
-        proc = subprocess.Popen(["git", "-c", "core.quotePath=false", *args], cwd=self.cwd,
+        proc = subprocess.Popen(git_argv("-c", "core.quotePath=false", *args), cwd=self.cwd,
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             for raw in proc.stdout:
@@ -277,15 +280,14 @@ class GitRepo:
             return []
         from cmc.messages import history_message
 
-        out = self._git(
-            "log", "--no-merges", f"--max-count={scan}", "--format=%ae%x1f%an%x1f%B%x1e", "HEAD"
-        )
+        # NUL-separated (-z, %x00): git refuses a NUL in a message, so no message can end a record
+        # or start another author's (any other separator byte can be written into a message).
+        out = self._git("log", "-z", "--no-merges", f"--max-count={scan}", "--format=%ae%x00%an%x00%B",
+                        "HEAD")  # fmt: skip
+        fields = out.split("\0")
         found: list[tuple[str, str]] = []
-        for record in out.split("\x1e"):
-            parts = record.strip("\n").split("\x1f", 2)
-            if len(parts) != 3:
-                continue
-            a_email, a_name, body = parts
+        for at in range(0, len(fields) - 2, 3):
+            a_email, a_name, body = fields[at : at + 3]
             if (email and a_email.lower() == email.lower()) or (not email and a_name == name):
                 cleaned = history_message(body)
                 if cleaned:
@@ -307,10 +309,10 @@ class GitRepo:
             return []
         from cmc.messages import history_message
 
-        out = self._git("log", "--no-merges", f"--max-count={scan}", "--format=%B%x1e", "HEAD",
+        out = self._git("log", "-z", "--no-merges", f"--max-count={scan}", "--format=%B", "HEAD",
                         "--", *(f":(literal){p}" for p in paths))  # fmt: skip
         found: list[str] = []
-        for body in out.split("\x1e"):
+        for body in out.split("\0"):
             cleaned = history_message(body)
             if cleaned and cleaned not in found:
                 found.append(cleaned)

@@ -16,9 +16,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmc.gitcmd import GIT
+
 MAX_COMMIT_BYTES = 64 << 20  # a commit printing more than this is skipped unread
 _MARK = "\x00\x01cmc-commit\x00"
-_END = b"\x01cmc-end"
+_END = b"\x00\x01cmc-end"  # with its NUL: a message can hold any byte but NUL
 _FORMAT = "%x00%x01cmc-commit%x00%H%x00%an%x00%ae%x00%at%x00%B%x00%x01cmc-end"
 _MISSING = ("unable to read", "bad object", "missing blob", "could not read", "is corrupt")
 
@@ -114,7 +116,7 @@ def log_commits(
     git cannot show is counted in ``skipped["missing object (snapshot)"]`` and left out."""
     skipped = skipped if skipped is not None else Counter()
     position = {sha: i for i, sha in enumerate(shas)}
-    args = ["git", "-c", "core.quotePath=false", "log", "--no-walk=unsorted", "--stdin", "-p",
+    args = [*GIT, "-c", "core.quotePath=false", "log", "--no-walk=unsorted", "--stdin", "-p",
             *diff_args, "--no-color", "--no-ext-diff", "--no-textconv", "--submodule=short",
             "--src-prefix=a/", "--dst-prefix=b/", f"--format={_FORMAT}"]  # fmt: skip
     if pathspec:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmc import CmcError, one_line
+from cmc.gitcmd import git_argv
 
 HOOK_NAME = "prepare-commit-msg"
 MARKER = "cmc-managed-hook"
@@ -31,7 +32,7 @@ SKIP_PREFIXES = ("fixup!", "squash!", "amend!")
 def _git(repo: str | Path, *args: str) -> str:
     try:
         out = subprocess.run(
-            ["git", *args],
+            git_argv(*args),
             cwd=repo,
             capture_output=True,
             text=True,

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cmc import CmcError
+from cmc.gitcmd import git_argv
 
 FORMAT = 1
 DEFAULT_LIMIT = 20_000
@@ -354,7 +355,7 @@ def _exclude_pathspec() -> list[str]:
 
 def newest_commits(cwd: str | os.PathLike, limit: int, tip: str = "HEAD") -> list[str]:
     """The newest ``limit`` non-merge commits reachable from ``tip``, newest first."""
-    out = subprocess.run(["git", "rev-list", "--no-merges", f"--max-count={limit}", tip, "--"],
+    out = subprocess.run(git_argv("rev-list", "--no-merges", f"--max-count={limit}", tip, "--"),
                          cwd=cwd, capture_output=True, text=True, check=False)  # fmt: skip
     if out.returncode != 0:
         said = (out.stderr.strip().splitlines() or ["git rev-list failed"])[-1]
@@ -462,7 +463,7 @@ def _in_history_order(memory: Memory, position: dict[str, int]) -> Memory:
 
 def _resolve(cwd: str | os.PathLike, tip: str) -> str | None:
     """The commit ``tip`` names (None before the first commit)."""
-    out = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{tip}^{{commit}}"],
+    out = subprocess.run(git_argv("rev-parse", "--verify", "--quiet", f"{tip}^{{commit}}"),
                          cwd=cwd, capture_output=True, text=True, check=False)  # fmt: skip
     return out.stdout.strip() or None if out.returncode == 0 else None
 
@@ -549,6 +550,6 @@ def clear(common_dir: str | os.PathLike) -> bool:
 def ancestors(cwd: str | os.PathLike, commit: str, limit: int = DEFAULT_LIMIT) -> set[str]:
     """The commits a user had when making ``commit``: the ancestors of its parent (none for a
     root commit)."""
-    out = subprocess.run(["git", "rev-list", "--no-merges", f"--max-count={limit}", f"{commit}^",
-                          "--"], cwd=cwd, capture_output=True, text=True, check=False)  # fmt: skip
+    out = subprocess.run(git_argv("rev-list", "--no-merges", f"--max-count={limit}", f"{commit}^",
+                                  "--"), cwd=cwd, capture_output=True, text=True, check=False)  # fmt: skip
     return set(out.stdout.split()) if out.returncode == 0 else set()

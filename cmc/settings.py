@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmc import CmcError
+from cmc.gitcmd import git_argv
 
 ENV_DISABLE = "CMC_DISABLE"
 DEFAULT_TIMEOUT_S = 10.0  # how long the hook may take (cmc.timeout)
@@ -150,7 +151,7 @@ def read_git_config(cwd: str | os.PathLike) -> dict[str, list[str]]:
     """All of git's configuration as seen from ``cwd`` (one process). A failing git is an error."""
     try:
         proc = subprocess.run(
-            ["git", "config", "-z", "--list"],
+            git_argv("config", "-z", "--list"),
             cwd=cwd,
             capture_output=True,
             stdin=subprocess.DEVNULL,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from cmc import CmcError
 from cmc.diffs import parse_patch_text
+from cmc.gitcmd import git_argv
 from cmc.gitlog import MAX_COMMIT_BYTES, GitLogError, LoggedCommit, log_commits
 
 MAX_CHANGED_LINES = 10_000
@@ -79,7 +80,7 @@ class _Repo:
             raise CmcError(f"{path}: repository has no commits")
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        done = subprocess.run(["git", *args], cwd=self.path, capture_output=True, text=True,
+        done = subprocess.run(git_argv(*args), cwd=self.path, capture_output=True, text=True,
                               errors="replace")  # fmt: skip
         if check and done.returncode != 0:
             raise CmcError(f"{self.path}: git {args[0]} failed: {done.stderr.strip()[-200:]}")
@@ -185,7 +186,7 @@ def mine_repository(
     for old in [*target.glob("shard-*.parquet"), target / DONE]:
         old.unlink(missing_ok=True)
     cwd = repo.path
-    listing = ["git", "rev-list", "--no-merges"]
+    listing = git_argv("rev-list", "--no-merges")
     listing += [f"--since={since}"] if since else []
     listing += [f"--max-count={max_commits}"] if max_commits else []
     listed = subprocess.run([*listing, "HEAD"], cwd=cwd, capture_output=True, text=True)
