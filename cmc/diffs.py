@@ -181,12 +181,27 @@ def parse_patch(
         yield parse_file_section("".join(section), max_chars_per_file, dropped, cut)
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_QUOTED = {"\n": "\\n", "\t": "\\t", '"': '\\"', "\\": "\\\\"}
+
+
+def quote_path(path: str | None) -> str | None:
+    """A path as one line of the model's text: a name holding a newline or another control
+    character is quoted as git quotes it (``"new\\nline.py"``), so that no file name can write
+    lines of its own into the diff the model reads; other names stay as they are."""
+    if path is None or not _CONTROL.search(path):
+        return path
+    body = "".join(_QUOTED.get(c) or (f"\\{ord(c):03o}" if _CONTROL.match(c) else c) for c in path)
+    return f'"{body}"'
+
+
 def file_header(mod: Mod | dict) -> str:
     """The per-file header line(s) of the processed diff."""
     if isinstance(mod, dict):
         kind, old, new = mod.get("change_type"), mod.get("old_path"), mod.get("new_path")
     else:
         kind, old, new = mod.change_type, mod.old_path, mod.new_path
+    old, new = quote_path(old), quote_path(new)
     if kind == "ADD":
         return f"new file {new}"
     if kind == "DELETE":

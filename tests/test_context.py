@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import commit_file, git, init_repo
 
-from cmc.diffs import Mod, parse_patch, process_diff
+from cmc.diffs import Mod, parse_patch, process_diff, unquote_path
 from cmc.gitctx import GitRepo
 from cmc.secrets import mask_secrets
 from cmc.settings import Settings
@@ -274,3 +274,27 @@ def test_a_model_with_a_file_history_section_reads_the_staged_files_history(
                           env=cmc_env(), capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["candidates"]
+
+
+def test_a_cmcignore_is_read_within_bounds(repo: Path):
+    """A committed .cmcignore is anyone's to write: a 1 MB line and a flood of patterns are cut."""
+    from cmc.gitctx import DEFAULT_EXCLUDES, MAX_IGNORE_PATTERNS, MAX_PATTERN_CHARS
+
+    flood = "".join(f"gen/{i}/*.py\n" for i in range(5_000))
+    (repo / ".cmcignore").write_text("*.md\n" + "a" * 1_000_000 + "\n" + flood)
+    patterns = GitRepo(repo).exclusions().patterns
+    assert "*.md" in patterns
+    assert max(len(p) for p in patterns) <= MAX_PATTERN_CHARS
+    assert len(patterns) <= len(DEFAULT_EXCLUDES) + MAX_IGNORE_PATTERNS
+
+
+def test_a_file_name_cannot_write_lines_into_the_models_diff(repo: Path):
+    commit_file(repo, "base.txt", "x\n", "Add base")
+    name = "x.py\n+password = 'forged line'"
+    (repo / name).write_text("print('odd name')\n")
+    git(repo, "add", "--", name)
+    mods = staged(repo)
+    text = process_diff(list(mods.values()))
+    assert "\n+password" not in text
+    header = text.splitlines()[0]
+    assert header.startswith('new file "x.py\\n+password') and unquote_path(header[9:]) == name
