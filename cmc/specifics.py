@@ -29,6 +29,12 @@ VERSION = re.compile(r"(?<![\w.])v?\d+(?:\.\d+)+(?:-[0-9A-Za-z.]+)?(?![\w.]*\w)"
 FILE_NAME = re.compile(r"(?<![\w./-])[\w-]+(?:\.[\w-]+)*\.[A-Za-z][A-Za-z0-9]{0,7}(?![\w])")
 PATH = re.compile(r"(?<![\w./-])[\w.-]+(?:/[\w.-]+)+/?")
 BACKTICKED = re.compile(r"`([^`\n]+)`")
+# "from 5 to 6": a bump's bare numbers are versions too (VERSION needs a dot)
+BUMP = re.compile(r"\bfrom\s+(v?\d+)\s+to\s+(v?\d+)(?![\w.])", re.IGNORECASE)
+NUMBER = re.compile(r"(?:(?<![\w.])|(?<=@))v?(\d+)(?!\w|\.\d)")  # 3, v3, @v3; not 6 of 6.0.9
+# a word repeated inside one compound: install-install, docs(docs), lib/lib:, run-build-build
+REPEATED_PART = re.compile(r"(?<![A-Za-z])([A-Za-z]{2,})[-/_(]+\1s?(?![A-Za-z])", re.IGNORECASE)
+REPLACEMENT = "\ufffd"  # a character cut or decoded wrongly
 REPEATED_WORD = re.compile(r"(?<![\w-])([A-Za-z][\w-]*)\s+\1(?![\w-])", re.IGNORECASE)
 DOUBLED = re.compile(r"(\.[A-Za-z]\w{0,7})\1(?!\w)|(?<![\w.-])([\w.-]+/)\2")
 CI_MARKER = re.compile(
@@ -76,6 +82,9 @@ def specifics(text: str) -> list[str]:
             add(m)
     for m in VERSION.finditer(text):
         add(m)
+    for m in BUMP.finditer(text):
+        add(m, 1)
+        add(m, 2)
     for m in FILE_NAME.finditer(text):
         if m.group(0).lower().rstrip(".") not in _NOT_FILES and not VERSION.fullmatch(m.group(0)):
             add(m)
@@ -105,6 +114,7 @@ class Support:
     ci_markers: bool = False  # the author's own history uses them
     identifiers: set[str] = field(default_factory=set)  # of the diff, for half-typed words
     name_counts: dict[str, int] = field(default_factory=dict)  # `name_counts`
+    numbers: set[str] = field(default_factory=set)  # bare numbers of the changed lines and typed
     _names: tuple[frozenset[str], list[str]] | None = field(default=None, compare=False, repr=False)
     _sorted_names: list[str] | None = field(default=None, compare=False, repr=False)
 
@@ -155,6 +165,13 @@ class Support:
             any(CI_MARKER.search(h) for h in history),
             set(uses),
             name_counts(uses),
+            numbers={
+                n
+                for line in [*changed, typed]
+                for m in NUMBER.finditer(line)
+                for n in m.groups()
+                if n
+            },
         )
 
     def with_typed(self, typed: str) -> Support:
@@ -177,6 +194,8 @@ class Support:
     def allows(self, specific: str) -> bool:
         if VERSION.fullmatch(specific):
             return specific.lstrip("v") in self.versions
+        if specific.lstrip("vV").isdigit():  # a bump's bare number: the changed lines hold it
+            return specific.lstrip("vV") in self.numbers
         return specific.lower() in self.text
 
 
@@ -197,6 +216,15 @@ def _degenerate_at(text: str, support: Support | None, start: int = 0) -> list[t
     m = CI_MARKER.search(text, start)
     if m and not (support is not None and support.ci_markers):
         found.append(("CI marker", m.start()))
+    for m in REPEATED_PART.finditer(text, max(0, text.rfind(" ", 0, start) + 1)):
+        if DOUBLED.match(text, m.start()) or DOUBLED.match(text, m.start() - 1):
+            continue  # a doubled path already says so
+        if support is None or m.group(0).lower() not in support.text:
+            found.append(("repeated part", m.start()))
+            break
+    at = text.find(REPLACEMENT, start)
+    if at >= 0:
+        found.append(("replacement character", at))
     return found
 
 
@@ -211,21 +239,28 @@ def problems(text: str, support: Support) -> list[str]:
     return [f"unsupported {s!r}" for s in unsupported(text, support)] + degenerate(text, support)
 
 
+def version_spans(text: str) -> list[tuple[int, int]]:
+    """Where ``text`` states versions: VERSION's, and a bump's bare numbers (``from 5 to 6``)."""
+    spans = {m.span() for m in VERSION.finditer(text)}
+    spans |= {m.span(g) for m in BUMP.finditer(text) for g in (1, 2)}
+    return sorted(spans)
+
+
 def repair(message: str, typed: str, support: Support) -> str | None:
     """A message recalled from an earlier commit, fitted to this change: its versions replaced by
     the ones the diff changes (a bump: the removed version, then the added one), in order; None
     when it states something else this change does not support."""
     rest = message[len(typed) :]
-    versions = [m for m in VERSION.finditer(rest) if not support.allows(m.group(0))]
+    versions = [(a, b) for a, b in version_spans(rest) if not support.allows(rest[a:b])]
     if versions:
         pool = (support.old_versions[:1] + support.new_versions[-1:]) if len(versions) >= 2 else support.new_versions[-1:]  # fmt: skip
         if len(pool) < min(len(versions), 2):
             return None
         out, last = [], 0
-        for m, new in zip(versions, pool[-len(versions) :] if len(versions) == 1 else pool):
-            keep_v = m.group(0).startswith("v") and not new.startswith("v")
-            out += [rest[last : m.start()], ("v" if keep_v else "") + new]
-            last = m.end()
+        for (a, b), new in zip(versions, pool[-len(versions) :] if len(versions) == 1 else pool):
+            keep_v = rest[a:b].startswith("v") and not new.startswith("v")
+            out += [rest[last:a], ("v" if keep_v else "") + new]
+            last = b
         if len(versions) > len(pool):
             return None
         rest = "".join(out) + rest[last:]

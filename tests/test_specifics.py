@@ -32,6 +32,14 @@ LEARNED_BAD = "Bump parser to 3.0.0 in Composer.php.php typo typo [skip ci]"
         ("[ci] [ci skip]", [], ["CI marker"]),
         ("Expose `FunctionAuth` e.g. for the client", ["FunctionAuth"], []),
         ("Fix the parser, i.e. the tokenizer.", [], []),
+        # seen in the test repositories' suggestions (issue 30)
+        ("Run test-test-tests-CI-CI", [], ["repeated part"]),
+        ("Fix install-install step", [], ["repeated part"]),
+        ("docs(docs): update", [], ["repeated part"]),
+        ("lib/lib: fix build", [], ["repeated part"]),
+        ("Add re-read and co-author support", [], []),
+        ("Weekday abbreviations + \u2018ago\ufffd", [], ["replacement character"]),
+        ("Bump pnpm/action-setup from 5 to 6", ["5", "6"], []),
     ],
 )
 def test_what_counts(text, found, bad):
@@ -142,3 +150,25 @@ def test_edges_of_a_real_repository(tmp_path: Path, bad_model: Path):
     git(repo, "add", "table.py")
     (mod,) = GitRepo(repo).staged_mods()
     assert mod.diff.startswith("@@ -0,0 +1,20000 @@\n+ROW_0 = 0\n+ROW_1 = 1\n") and mod.truncated
+
+
+def test_a_bumps_bare_numbers_must_be_the_changes():
+    """A recalled "Bump X from 5 to 6" for a change from 6.0.9 to 6.0.10 said the wrong versions."""
+    pnpm = process_diff([Mod("MODIFY", "package.json", "package.json",
+                             '@@ -1 +1 @@\n-  "pnpm": "6.0.9"\n+  "pnpm": "6.0.10"\n')])  # fmt: skip
+    support = Support.of(pnpm, [])
+    assert unsupported("Bump pnpm/action-setup from 5 to 6", support) == ["5", "6"]
+    assert repair("Bump pnpm/action-setup from 5 to 6", "", support) == (
+        "Bump pnpm/action-setup from 6.0.9 to 6.0.10"
+    )
+    checkout = process_diff([Mod("MODIFY", "ci.yml", "ci.yml",
+                                 "@@ -1 +1 @@\n-uses: actions/checkout@v3\n+uses: actions/checkout@v4\n")])  # fmt: skip
+    assert unsupported("Bump actions/checkout from 3 to 4", Support.of(checkout, [])) == []
+
+
+def test_a_compound_the_context_holds_is_not_degenerate():
+    support = Support.of("lib/lib/mod.py\n+x = 1", [])
+    assert degenerate("Fix lib/lib: imports", support) == []
+    assert degenerate("Fix lib/lib: imports", Support.of("src/mod.py\n+x = 1", [])) == [
+        "repeated part"
+    ]
