@@ -534,9 +534,15 @@ class RowMemories:
             return None
         key = (repository, sha)
         if key not in self.allowed:
-            self.allowed[key] = memory.allowed_before(ancestors(repository, sha, self.limit))
+            before = ancestors(repository, sha, self.limit)
+            # a commit the repository does not hold: the row is the next commit on its HEAD
+            self.allowed[key] = (memory.allowed_before(before) if before is not None
+                                 else np.ones(len(memory), bool))  # fmt: skip
+        # Only the commits the row may see, as the memory its author had: the TF-IDF weights are
+        # computed over them, not over later commits too (a cut repository then recalls the same).
+        seen = memory.keep(np.flatnonzero(self.allowed[key]))
         author = row.get("author_email_sha1")
-        return recall(memory, diff_features(row.get("mods") or []), self.allowed[key], author)
+        return recall(seen, diff_features(row.get("mods") or []), None, author)
 
 
 def clear(common_dir: str | os.PathLike) -> bool:
@@ -547,9 +553,11 @@ def clear(common_dir: str | os.PathLike) -> bool:
     return False
 
 
-def ancestors(cwd: str | os.PathLike, commit: str, limit: int = DEFAULT_LIMIT) -> set[str]:
+def ancestors(cwd: str | os.PathLike, commit: str, limit: int = DEFAULT_LIMIT) -> set[str] | None:
     """The commits a user had when making ``commit``: the ancestors of its parent (none for a
-    root commit)."""
+    root commit); None when the repository does not hold ``commit``."""
+    if _resolve(cwd, commit) is None:
+        return None
     out = subprocess.run(git_argv("rev-list", "--no-merges", f"--max-count={limit}", f"{commit}^",
                                   "--"), cwd=cwd, capture_output=True, text=True, check=False)  # fmt: skip
     return set(out.stdout.split()) if out.returncode == 0 else set()

@@ -241,6 +241,39 @@ def test_a_batch_row_completes_from_its_repository_as_of_its_parent(tmp_path: Pa
     assert not offered & {f"cache: evict entries in round {i}" for i in (2, 3)}  # not its own
 
 
+def test_a_row_recalls_from_the_full_repository_as_from_one_cut_at_its_parent(
+    tmp_path: Path, tiny_model
+):
+    """Evaluation as the user had it: the memory's TF-IDF statistics are those of the commits the
+    row may see, so the full repository and a clone cut at the row's parent recall the same
+    commits with the same scores, and complete alike."""
+    b, shas = area_repo(tmp_path / "repo", rounds=6)
+    target = shas["docs"][2]
+    cut = tmp_path / "cut"
+    git(tmp_path, "clone", "-q", "--no-local", str(b.path), str(cut))
+    git(cut, "reset", "-q", "--hard", f"{target}^")
+    rows = [{"repository": str(path), "hash": target, "author_email_sha1": None,
+             "mods": [m.as_row() for m in staged_like(area)]}
+            for path in (b.path, cut) for area in AREAS]  # fmt: skip
+    memories = mem.RowMemories()
+    full, short = (
+        [memories.recall_for(r) for r in rows[:3]],
+        [memories.recall_for(r) for r in rows[3:]],
+    )
+    assert len(memories.memory(str(b.path))) > len(memories.memory(str(cut)))  # later commits too
+    for a, c in zip(full, short):
+        assert a.key == c.key and len(a.key) > 3
+        assert np.allclose(np.sort(a.scores[a.order]), np.sort(c.scores[c.order]))
+    from cmc.complete import complete_context, context_from_row
+    from cmc.model import load_model
+
+    lm = load_model(str(tiny_model))
+    for full_row, cut_row in zip(rows[:3], rows[3:]):
+        got = [complete_context(lm, context_from_row(r, True, memories), "docs: ").candidates
+               for r in (full_row, cut_row)]  # fmt: skip
+        assert [c.message for c in got[0]] == [c.message for c in got[1]]
+
+
 @pytest.mark.slow
 def test_the_daemon_builds_the_memory_in_the_background(tmp_path: Path, tiny_model: Path):
     from test_interactive import Daemon
