@@ -200,6 +200,10 @@ def complete_context(
         if settings.stop_at_newline:  # one line at a time: the rest of the typed line only
             offered = [r for r in offered if "\n" not in r.continuation.rstrip()]
         candidates = choose(candidates, offered, typed, context.history, settings.num_candidates)
+    from cmc.secrets import leaks
+
+    # The last guard: nothing that looks like a secret reaches a user, whatever made it.
+    candidates = [c for c in candidates if not leaks(c.continuation)]
     return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
 
 

@@ -387,6 +387,28 @@ def _mask_text(line: str) -> str:
     return _YAML_VALUE.sub(entropic, line)
 
 
+_TOKEN_LIKE = re.compile(r"[A-Za-z0-9+/=_.~-]{16,}")
+
+
+def leaks(text: str) -> bool:
+    """Whether a text about to reach a user may hold a secret: the output's own guard, independent
+    of the input's masking (which should have kept every secret from the model): anything
+    `mask_secrets` would mask, or a random-looking string of 16+ characters (all three character
+    classes at 3.9+ bits of entropy, as `_random_looking` judges keys against identifiers)."""
+    if MASK in text or mask_secrets(text) != text:
+        return True
+    return any(_key_like(m.group(0)) for m in _TOKEN_LIKE.finditer(text))
+
+
+def _key_like(token: str) -> bool:
+    """A token that reads as a key, not as a name: random-looking, and its lowercase runs short
+    (``Xy7Kp2Lq9Rt4``'s are one letter; ``SomeLongIdentifierName2``'s are words)."""
+    if not (_random_looking(token) or _high_entropy(token)):
+        return False
+    runs = re.findall(r"[a-z]+", token)
+    return not runs or sum(map(len, runs)) / len(runs) < 3
+
+
 def mask_secrets(text: str) -> str:
     """``text`` with whatever looks like a credential replaced by ``[secret]``.
 

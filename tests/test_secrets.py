@@ -104,3 +104,42 @@ def test_a_long_word_after_a_secret_name_does_not_backtrack_for_ever():
     started = time.perf_counter()
     assert mask_secrets(line) == line
     assert time.perf_counter() - started < 5  # exponential before: far past minutes
+
+
+def test_the_output_guard_stops_what_the_input_masking_missed():
+    """`leaks` is independent of the input masking: a key the model saw unmasked (a family the
+    rules miss) is still kept from the user, and real commit subjects pass."""
+    from secret_corpus import mixed
+
+    from cmc.secrets import leaks
+
+    missed_by_input = f"Rotate the staging key to {mixed(28)}"
+    assert leaks(missed_by_input)
+    # bare, without the name or prefix that made them secrets: hex keys read as hashes here
+    bare = [leaks(f"Use {secret}") for _, _, secret in positives() if len(secret) >= 20]
+    assert sum(bare) / len(bare) >= 0.9  # 125 of 134
+    for ok in (
+        "Fix parser crash on empty configuration files",
+        "Revert 1f3e5a7b9c2d4e6f8a0b1c3d5e7f9a1b3c5d7e9f",
+        "Add SomeVeryLongCamelCaseIdentifierName2 support",
+        "Bump actions/checkout from 3 to 4",
+        "Use sha512-abcdefghijklmnopqrstuvwxyz0123456789 for integrity",
+    ):
+        assert not leaks(ok), ok
+
+
+def test_no_completion_shows_a_secret(tmp_path):
+    """End to end: a model that learned to write a key writes nothing the user would see."""
+    from conftest import overfit_model
+
+    from cmc.complete import Context, complete_context
+    from cmc.model import load_model
+
+    key = "Xy7Kp2Lq9Rt4Vw8Zb3Nc6Md1"
+    diff = "src/app.py\n+x = 1"
+    model = overfit_model(tmp_path / "m", diff, f"Rotate key {key}")
+    lm = load_model(str(model))
+    plain = overfit_model(tmp_path / "p", diff, "Rotate key in the app")
+    assert complete_context(load_model(str(plain)), Context(diff, []), "Rotate").candidates
+    got = complete_context(lm, Context(diff, []), "Rotate")
+    assert all(key[:8] not in c.message for c in got.candidates)
