@@ -391,6 +391,35 @@ def test_training_only_the_last_layers_leaves_the_others_as_they_were(token_data
     assert not any(k.startswith("model.layers.0.") for k in changed)
 
 
+def test_lora_trains_adapters_resumes_at_two_processes_and_exports_merged(token_data, tmp_path):
+    """--lora-rank 4: only the adapters train (the base weights stay in the checkpoint as they
+    were), a run stopped at one process resumes at two, and the export folds the adapters into
+    plain Llama weights that differ from the start only in the adapted projections."""
+    from safetensors.torch import load_file
+
+    pytest.importorskip("peft")
+    data, tok = token_data
+    out = tmp_path / "lora"
+    cmd = train_cmd(data, tok, out, 1, "--lora-rank", "4")
+    cmd[cmd.index("--max-steps") + 1] = "2"
+    run(cmd)
+    cmd = train_cmd(data, tok, out, 2, "--lora-rank", "4")
+    cmd[cmd.index("--max-steps") + 1] = "4"
+    assert "resumed from" in run(cmd).stderr
+    assert max(losses(out)) == 4
+    before = load_file(str(out / "model_init" / "model.safetensors"))
+    exported = tmp_path / "exported"
+    run(["cmc", "checkpoint", "export", str(out), "--out", str(exported)])
+    after = load_file(str(exported / "model.safetensors"))
+    assert after.keys() == before.keys()  # no adapter left: a plain model cmc's runtime runs
+    changed = {k for k in before if not torch.equal(before[k], after[k].to(before[k].dtype))}
+    assert changed and all(
+        k.split(".")[-2]
+        in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        for k in changed
+    ), changed
+
+
 def test_throughput_counts_every_step_since_the_last_report():
     """With --log-every 5 the rate once divided one step's tokens by five steps' time."""
     from cmc.training.train import Throughput

@@ -330,7 +330,7 @@ def evaluate(
 # `cmc train`'s defaults: a short fine-tune of a small repository's history.
 PERSONALIZE_DEFAULTS = {"max_steps": 200, "save_every": 50, "global_batch_size": 16,
                         "micro_batch_size": 4, "lr": 3e-4, "seed": 42, "fsdp": False,
-                        "train_layers": 0}  # fmt: skip
+                        "train_layers": 0, "lora_rank": 0}  # fmt: skip
 
 
 @click.command("train")

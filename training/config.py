@@ -41,6 +41,10 @@ class TrainConfig:
     train_layers: int = field(
         default=0, metadata=_opt("train only the last N layers and the head (0: all)")
     )
+    lora_rank: int = field(
+        default=0,
+        metadata=_opt("train LoRA adapters of this rank on every projection (peft), not weights"),
+    )
     context_loss_weight: float = field(
         default=0.0,
         metadata=_opt("weight of the loss on the diff and history tokens (0: message tokens only)"),
@@ -161,7 +165,7 @@ def click_options(names: dict[str, Any]):
             if f.type in ("bool", bool):
                 fn = click.option(flag, is_flag=True, help=f.metadata["help"])(fn)
             else:
-                low = 0 if name == "train_layers" else 1
+                low = 0 if name in ("train_layers", "lora_rank") else 1
                 kind = {"int": click.IntRange(low) if name != "seed" else int, "float": float}.get(
                     str(f.type), str
                 )

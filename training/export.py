@@ -74,9 +74,16 @@ def export_checkpoint(
     if not init.is_absolute() and not init.exists():
         init = folder.parent.parent / "model_init"
     model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    lora = int(info.get("config", {}).get("lora_rank") or 0)
+    if lora:  # the adapters were trained: load them where they were, then fold them in
+        from cmc.training.train import with_lora
+
+        model = with_lora(model, lora)
     state = {"train": {"model": model.state_dict()}}
     dcp.load(state, checkpoint_id=str(folder))
     model.load_state_dict(state["train"]["model"])
+    if lora:
+        model = model.merge_and_unload()
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -161,6 +161,12 @@ def build(cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.devi
     pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     if cfg.train_layers:
         freeze_all_but_last(model, cfg.train_layers)
+    if cfg.lora_rank:
+        if cfg.fsdp or cfg.train_layers:
+            raise SystemExit(
+                "cmc.training.train: --lora-rank trains adapters alone (no --fsdp, --train-layers)"
+            )
+        model = with_lora(model, cfg.lora_rank)
     model, layout = wrap_model(model, cfg, world, device, bf16)
     fused = device.type == "cuda"
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -177,6 +183,22 @@ def build(cfg: TrainConfig, out: Path, rank: int, world: int, device: torch.devi
         fused=fused,
     )
     return model, layout, optimizer, init, pad_id
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def with_lora(model, rank: int):
+    """``model`` with LoRA adapters of ``rank`` on every projection (peft), only they trained:
+    a per-repository delta of a few MB instead of the model (alpha 2·rank, no dropout, so the
+    same steps give the same adapters)."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise SystemExit("cmc.training.train: --lora-rank needs peft: pip install peft") from None
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                        bias="none", task_type="CAUSAL_LM")  # fmt: skip
+    return get_peft_model(model, config)
 
 
 def freeze_all_but_last(model, layers: int) -> None:
