@@ -225,8 +225,8 @@ _ACCESSOR = re.compile(
 )
 # values that only look assigned: code, placeholders, references
 _NOT_A_VALUE = re.compile(
-    r"""^["'`]?(?:[$@&(\[{:%#].*|[\w.$:!?<>\\]+\s*\(.*|[~^<>=v]*\d+(?:\.\d+)+\S*|\w+:|\{\{.*\}\}|<[^>]*>|\*+|x{3,}|\.\.\.|changeme|example|"""
-    r"""dummy|placeholder|your[_-]\w+|none|null|nil|true|false|undefined|""|''|os\.environ.*|"""
+    r"""^["'`]?(?:[$@&(\[{:%#].*|[\w.$:!?<>\\]+\s*\(.*|[~^<>=v]*\d+(?:\.\d+)+\S*|\w+:|\{\{.*\}\}|<[^>]*>?|\*+|x{3,}|\.\.\.|changeme|example|[A-Za-z]+(?:-[A-Za-z]+)+|[\w-]*[_-]here|"""
+    r"""dummy|placeholder|your[_-][\w-]+|none|null|nil|true|false|undefined|""|''|os\.environ.*|"""
     r"""env\[.*|process\.env.*|getenv.*|self\.\w+|this\.\w+|[\w.]+\(.*|\w+\.\w+(?:\.\w+)*|[\w.]+\[.*|"""
     r"""[a-z_]+|(?-i:[a-z]+(?:[A-Z][a-z]+)+))["'`]?,?$""",  # camelCase case-sensitively: under
     # IGNORECASE its two loops match the same letters, and a long word backtracked for 30 s
@@ -236,6 +236,7 @@ _NOT_A_VALUE = re.compile(
 _PUBLIC = re.compile(
     r"public|_?id\b|Id\b|name|url|uri|endpoint|path|file|dir\b|type|kind|mode|len|size|count|"
     r"limit|timeout|expir|label|title|text|message|placeholder|description|prefix|suffix|format|"
+    r"too[_-]?(?:short|long|weak)|invalid|mismatch|required|hint|strength|"
     r"pattern|regex|header|field|param|column|table|command|cmd|hash|policy|rotation|stream|"
     r"tokens?[\"']?\s*:\s*[\"']?\^",
     re.I,
@@ -419,7 +420,7 @@ def mask_secrets(text: str) -> str:
         return text
     if "PRIVATE KEY" in text or "PuTTY-User-Key-File" in text:
         text = _mask_key_blocks(text)
-    return _mask_structures(_mask_text(text))
+    return _mask_named_values(_mask_structures(_mask_text(text)))
 
 
 # --- where the structure names the secret: cheap hints first --------------------------------------
@@ -617,3 +618,162 @@ def _mask_key_blocks(text: str) -> str:
             continue
         out.append(line)
     return "\n".join(out)
+
+
+# --- by principle: any value a secret's name stands beside ------------------------------------------
+# The rules above know formats; this pass knows names. A secret is named (in any of many languages,
+# or by a suffix: REDIS_AUTH, DEPLOY_PAT, erlangCookie), and its value stands where a value goes:
+# after `=`/`:` (quoted or not, any length), after a tool's flag, in a header, as a call's argument,
+# under a Terraform variable of that name, or in prose. Every such literal is masked unless it reads
+# as a reference, a placeholder, code or prose (`_value_like`).
+
+_NAME = re.compile(
+    r"pass(?:word|wd|phrase|code|wort)?(?![a-z])|pwd|secret|token(?!iz|is)|api[_-]?key|apikey|"
+    r"credential|(?<![a-z])auth(?![a-z])|cookie|private[_-]?key|(?<![a-z])pat(?![a-z])|"
+    r"senha|wachtwoord|mot[_-]?de[_-]?passe|motdepasse|kennwort|contrase(?:n|ni)a|haslo|salasana|"
+    r"losenord|adgangskode|passord|parola|(?<![a-z])clave(?![a-z])|sifre|jelszo|heslo",
+    re.IGNORECASE,
+)
+_NAME_HINTS = ("pass", "pwd", "secret", "token", "key", "credential", "auth", "cookie", "pat",
+               "senha", "wachtwoord", "mot", "kennwort", "contrase", "haslo", "salasana",
+               "losenord", "adgangskode", "parola", "clave", "sifre", "jelszo", "heslo")  # fmt: skip
+# Names about a secret, not holding one: messages, rules and fields of a form.
+_ABOUT = re.compile(
+    r"too[_-]?(?:short|long|weak)|invalid|required|mismatch|error|hint|help|prompt|forgot|strength|"
+    r"validation|_?msg\b|message|label|policy|rule|min[_-]?len|max[_-]?len|expir|field|input|"
+    r"routing|public|_?id\b|name\b|url\b|path|file|type|kind|mode|count|size|length|prefix|format|"
+    r"endpoint|set-cookie",
+    re.IGNORECASE,
+)
+_LITERAL = r"""(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
+_NAMED_KEY = re.compile(
+    r"""(?P<key>[A-Za-z_$@][\w.$-]*)["'\]]{0,2}[ \t]*(?::=|=>|=|:(?!:))[ \t]*"""
+)
+_VALUE = re.compile(rf"""{_LITERAL}|[^\s'"`,;]+""")
+_PLACEHOLDER = re.compile(
+    r"""^(?:\$\{?[\w:.-]*\}?|\$\{.*|\$\(.*\)|\\\(.*|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|%\(?\w*\)?s?%?|\{\{.*\}\}|\{\w*\}|#\{.*\}|<[^>]*>?|\*+|x{3,}|"""
+    r"""\.\.\.|(?-i:[A-Z][A-Z0-9_]*)|.*(?:your[_-]|[_-]here\b|insert|replace|changeme|example|dummy|placeholder|redacted|"""
+    r"""password|passwd|secret|token|"""
+    r"""\[secret\]).*|none|null|nil|true|false|undefined|(?:os\.)?environ.*|process\.env.*|getenv.*|env\(.*)$""",
+    re.IGNORECASE,
+)
+_CODE = re.compile(
+    r"^(?:[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*(?:\(.*|\[.*)?|[A-Za-z_]+\??|\d+|"
+    r"[A-Za-z]+(?:-[A-Za-z]+)+|@\w+|[(\[].*|\{[ \t]*(?:[A-Za-z_][\w.]*|\d+)?[ \t]*(?:,.*|\}.*)?)$"
+)  # a name, a dotted path, a call or index, a word, a number, a cmdlet, a tuple or list of names
+_POSITIONS = [  # (hints, pattern with a group "v": the value)
+    (("sshpass",), rf"\bsshpass[ \t]+-p[ \t]*(?P<v>{_LITERAL}|\S+)"),
+    (("mysql", "mariadb"), r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n|;]*?[ \t]-p(?P<v>[^\s'\"-]\S*|'[^']+'|\"[^\"]+\")"),
+    (("pass:",), r"-pass(?:in|out)?[ \t]+pass:(?P<v>\S+)"),
+    (("--pass", "--token", "--secret", "--api", "--auth"),
+     rf"--(?:password|passwd|pass|token|secret|api-?key|auth-token)(?:[ \t]+|=)(?P<v>{_LITERAL}|[^\s-]\S*)"),
+    (("identified",), rf"(?i:\bidentified[ \t]+by[ \t]+)(?P<v>{_LITERAL})"),
+    (("requirepass", "masterauth"), r"\b(?:requirepass|masterauth)[ \t]+(?P<v>\S+)"),
+    (("vault",), r"\bvault[ \t]+login[ \t]+(?:-\S+[ \t]+)*(?P<v>[^\s-]\S{7,})"),
+    (("docker",), r"\becho[ \t]+(?P<v>\"[^\"$\n]{6,}\"|'[^'\n]{6,}')[ \t]*\|[ \t]*docker[ \t]+login"),
+    (("curl",), r"\bcurl\b[^\n]*?[ \t]-u[ \t]*['\"]?[^\s:'\"]+:(?P<v>[^\s'\"@\\]+)"),
+    (("authorization",), r"(?i:\bauthorization\b)[\"']?[ \t]*[:=][ \t]*[\"']?[A-Za-z-]+[ \t]+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
+    (("auth",), rf"\bauth[ \t]*=[ \t]*\([ \t]*(?:{_LITERAL}|\w+)[ \t]*,[ \t]*(?P<v>{_LITERAL})"),
+    (("login", "connect", "credential", "auth"),
+     rf"(?i:\b(?:login|getconnection|connect|\w*credentials?|authenticate|basicauth))[ \t]*\((?:[^()\n]*?,)+[ \t]*(?P<v>{_LITERAL})[ \t]*\)"),
+    (("define", "env", "config"),
+     rf"\b(?:define|env|getenv|config)[ \t]*\([ \t]*(?P<name>{_LITERAL})[ \t]*,[ \t]*(?P<v>{_LITERAL})"),
+    (("securestring",), rf"(?i:convertto-securestring)[ \t]+(?:-string[ \t]+)?(?P<v>{_LITERAL})"),
+    (("variable",), r"\bvariable[ \t]+\"(?P<name>[^\"]+)\"[ \t]*\{[^}]{0,400}?\bdefault[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\")"),
+    (("://",), r"://[^\s:/@'\"]*:(?P<v>[^\s/'\"@]*@[^\s/'\"@]*)@"),  # a password holding a raw @
+    (("passphrase", "password", "passcode"),
+     r"(?i:\b(?:passphrase|password|passcode)\b)[ \t]+(?:(?:is|was)[ \t]+)?(?P<v>[^\s,;]{4,})"),
+    (("/",), r"(?i:\b(?:login|credentials?|account)\b)[^\n/]{0,40}?\b\w+[ \t]+/[ \t]+(?P<v>[^\s,;]{4,})"),
+    ((":5432:", ":3306:", "pgpass"), r"(?m)^[+ -]?[^\s:]+:\d+:[^\s:]+:[^\s:]+:(?P<v>\S+)$"),
+    (("key", "secret", "hmac", "salt", "token"),
+     r"(?P<name>[\w.-]*(?i:key|secret|hmac|salt|token)[\w.-]*)[\"']?[ \t]*(?:[:=][ \t]*|=[ \t]*bytes\.fromhex\([ \t]*)[\"']?(?P<v>[0-9a-fA-F]{32,})\b"),
+    (("sl.",), r"\b(?P<v>sl\.[A-Za-z0-9_-]{100,})"),  # Dropbox
+    (("sk.eyj",), r"\b(?P<v>sk\.eyJ[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{10,})"),  # Mapbox secret
+]  # fmt: skip
+_POSITION_RULES = [(hints, re.compile(p)) for hints, p in _POSITIONS]
+_IMPLICIT_CONCAT = re.compile(
+    rf"=[ \t]*\([ \t]*\n?(?P<body>(?:[ \t+]*{_LITERAL}[ \t]*\n?){{2,}})[ \t+]*\)"
+)
+
+
+def _looks_random(value: str) -> bool:
+    """Letters and digits drawn at random, at any length: both cases, a digit or many capitals, and
+    lowercase runs short on average (an identifier's are words: `SomeLongName2`)."""
+    core = re.sub(r"[^A-Za-z0-9]", "", value)
+    if len(core) < 16 or not (re.search("[a-z]", core) and re.search("[A-Z]", core)):
+        return False
+    runs = re.findall("[a-z]+", core)
+    upper = sum(c.isupper() for c in core) / len(core)
+    digits = any(c.isdigit() for c in core)
+    return sum(map(len, runs)) / len(runs) < 3.5 and (digits or 0.25 <= upper <= 0.75)
+
+
+def _value_like(raw: str, strict: bool = True) -> bool:
+    """Whether a literal beside a secret's name may be its value: not a reference, placeholder,
+    code (unquoted only) or prose. ``strict`` (a bare position such as prose): it must also look
+    like a password (a digit or symbol, or mixed case)."""
+    quoted = raw[:1] in "\"'`" and raw[-1:] == raw[:1] and len(raw) >= 2
+    value = raw[1:-1] if quoted else raw.rstrip(".,;:)]}")
+    if len(value) < 4 or MASK in value or _PLACEHOLDER.match(value):
+        return False
+    words = value.split()
+    if len(words) >= 3 and all(w.isalpha() for w in words[:-1]):
+        return False  # prose: "Password must be at least 12 characters"
+    if not quoted and _CODE.match(value) and not _looks_random(value):
+        return False  # form.password, request.args, a word, a number (a key is none of them)
+    if strict and not quoted:
+        return _password_like(value) or _random_looking(value)
+    return True
+
+
+def _mask_named_values(text: str) -> str:
+    low = text.lower()
+    if any(h in low for h in _NAME_HINTS):
+        # Keys are found without consuming their values, so `Pwd=` inside a quoted connection
+        # string is seen too; the spans to mask are collected, then replaced from the end.
+        spans = []
+        for m in _NAMED_KEY.finditer(text):
+            key = m.group("key")
+            if not _NAME.search(key) or _ABOUT.search(key):
+                continue
+            v = _VALUE.match(text, m.end())
+            if v is None or not _value_like(v.group(0), False):
+                continue
+            quoted = v.group(0)[:1] in "\"'" and len(v.group(0)) >= 2
+            spans.append((v.start() + quoted, v.end() - quoted))
+        for start, end in reversed(spans):
+            text = text[:start] + MASK + text[end:]
+
+        def joined(m: re.Match) -> str:
+            before = m.string[max(0, m.start() - 60) : m.start()].rsplit("\n", 1)[-1]
+            if not _NAME.search(before) or _ABOUT.search(before):
+                return m.group(0)
+            return re.sub(_LITERAL, lambda x: x.group(0)[0] + MASK + x.group(0)[0], m.group(0))
+
+        if "(" in text:
+            text = _IMPLICIT_CONCAT.sub(joined, text)
+        low = text.lower()
+    for hints, rule in _POSITION_RULES:
+        if any(h in low for h in hints):
+            text = rule.sub(_positional, text)
+            low = text.lower()
+    return text
+
+
+def _positional(m: re.Match) -> str:
+    """A value where a secret goes (`_POSITIONS`), masked unless it reads as no value: a name
+    group must name a secret (or, beside a hex key, a key), prose and login lines must look like
+    passwords, and a token's own shape needs no more."""
+    value, name, pattern = m.group("v"), m.groupdict().get("name"), m.re.pattern
+    if name is not None and not (_NAME.search(name) or re.search(r"key|hmac|salt", name, re.I)):
+        return m.group(0)
+    if name is not None and _CHECKSUM_KEY.search(name + " "):
+        return m.group(0)
+    strict = pattern.startswith(("(?i:\\b(?:passphrase", "(?i:\\b(?:login"))
+    shape = pattern.startswith("\\b(?P<v>")
+    if not shape and not _value_like(value, strict):
+        return m.group(0)
+    inner = value[1:-1] if value[:1] in "\"'" and value[-1:] == value[:1] else value
+    start, end = m.span("v")
+    whole = m.group(0)
+    return whole[: start - m.start()] + value.replace(inner, MASK) + whole[end - m.start() :]
