@@ -78,11 +78,26 @@ def detect_secrets_cases(checkout: Path) -> list[tuple[str, str, bool]]:
     return [c for c in cases if (c[1], c[2]) not in seen and not seen.add((c[1], c[2])) and len(c[1]) < 5000]  # fmt: skip
 
 
+def noseyparker(checkout: Path, mask) -> tuple[int, int, int, int]:
+    """Recall on the ``examples`` of Nosey Parker's built-in rules (written by others, read from
+    its checkout at bench time, never copied): the share where cmc masked something."""
+    import yaml
+
+    rules = []
+    for f in sorted((checkout / "crates/noseyparker/data/default/builtin/rules").glob("*.yml")):
+        rules += yaml.safe_load(f.read_text()).get("rules") or []
+    examples = [e for r in rules for e in r.get("examples") or []]
+    negatives = [e for r in rules for e in r.get("negative_examples") or []]
+    return (sum(mask(e) != e for e in examples), len(examples),
+            sum(mask(e) != e for e in negatives), len(negatives))  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=5000)
     ap.add_argument("--show", type=int, default=40)
     ap.add_argument("--detect-secrets", type=Path, help="a checkout of Yelp/detect-secrets")
+    ap.add_argument("--noseyparker", type=Path, help="a checkout of praetorian-inc/noseyparker")
     args = ap.parse_args()
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import pyarrow.parquet as pq
@@ -90,6 +105,18 @@ def main() -> int:
 
     from cmc.secrets import MASK, mask_secrets
 
+    import secret_families
+
+    fpos, fneg = secret_families.positives(), secret_families.negatives()
+    fmissed = [(f, t) for f, t, s in fpos if s in mask_secrets(t)]
+    print(f"second corpus (families): {len(fpos)} secrets, recall "
+          f"{100 * (1 - len(fmissed) / len(fpos)):.1f}%; {len(fneg)} look-alikes, "
+          f"{sum(mask_secrets(t) != t for _, t in fneg)} changed")  # fmt: skip
+    if args.noseyparker:
+        caught, total, neg_changed, negs = noseyparker(args.noseyparker, mask_secrets)
+        print(f"Nosey Parker's rule examples: {total} secrets, recall {100 * caught / total:.1f}%; "
+              f"of its {negs} negative examples (some are secrets its rules miss) cmc masks "
+              f"{neg_changed}")  # fmt: skip
     pos, neg = positives(), negatives()
     missed = [(f, t) for f, t, s in pos if s in mask_secrets(t)]
     changed = [(f, t) for f, t in neg if mask_secrets(t) != t]
