@@ -101,11 +101,10 @@ def main() -> int:
     args = ap.parse_args()
     sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
     import pyarrow.parquet as pq
+    import secret_families
     from secret_corpus import negatives, positives
 
     from cmc.secrets import MASK, mask_secrets
-
-    import secret_families
 
     fpos, fneg = secret_families.positives(), secret_families.negatives()
     fmissed = [(f, t) for f, t, s in fpos if s in mask_secrets(t)]
