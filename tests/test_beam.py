@@ -66,3 +66,36 @@ def test_own_beam_search_equals_generate(tiny_model, typed, diff, runtime, monke
     assert [s for _, s in ours[:5]] == pytest.approx([s for _, s in theirs], abs=1e-4)
     if diff == "learned" and LEARNED_MESSAGE.startswith(typed):
         assert eos not in ours[0][0] and lm.tokenizer.decode(ours[0][0])  # ended on its own
+
+
+def test_whole_characters_never_lets_a_stray_byte_through(tiny_model):
+    """Byte-level BPE can write half a character; decoded, the user saw a replacement character.
+    Only tokens that keep the message valid UTF-8 may come next, and a character opened must be
+    finished before anything else (the end included)."""
+    import numpy as np
+
+    from cmc.decoding.beam import TokenTable, WholeCharacters, _utf8_pending
+
+    lm = load_model(str(tiny_model))
+    table = TokenTable.of(lm.tokenizer)
+    ids = {b: i for i, b in enumerate(table.bytes) if b is not None and len(b) == 1}
+    quote = "\u2019".encode()  # three bytes: e2 80 99
+    lead, cont = ids[quote[:1]], ids[quote[1:2]]
+    assert _utf8_pending(b"ago" + quote[:1]) == 2 and _utf8_pending(b"ago" + quote) == 0
+    scores = np.zeros((2, table.vocab_size), np.float32)
+    start = 3
+    out = WholeCharacters(table, start)([[7, 7, 7, ids[b"a"]], [7, 7, 7, lead]], scores)
+    assert np.isneginf(out[0, cont]) and not np.isneginf(out[0, ids[b"b"]])  # no stray byte
+    assert not np.isneginf(out[1, cont])  # finishing the open character is allowed
+    assert np.isneginf(out[1, ids[b"b"]]) and np.isneginf(out[1, eos_token_id(lm.tokenizer)])
+
+
+def test_a_huge_typed_word_ends_in_whole_characters(tiny_model):
+    """The tiny model, asked to finish a 1,500-letter word, wrote a stray byte after it."""
+    from cmc.complete import Context, complete_context
+    from cmc.decoding import DecodeSettings
+
+    lm = load_model(str(tiny_model))
+    typed = "Fix " + "y" * 1500
+    got = complete_context(lm, Context(learned_diff()), typed, DecodeSettings(num_candidates=3))
+    assert got.candidates and all("\ufffd" not in c.message for c in got.candidates)

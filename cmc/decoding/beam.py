@@ -103,6 +103,32 @@ class TokenTable:
             )
         return self._digits
 
+    def utf8_masks(self) -> list[np.ndarray]:
+        """Per number of continuation bytes the text waits for (0–3), the tokens that may come
+        next: those starting with exactly that many continuation bytes, the rest of whose bytes
+        decode (a character left open at their end is fine), or made of fewer continuation bytes
+        only (the character stays open). Tokens without bytes (the end, other specials) only where
+        no character is open."""
+        if not hasattr(self, "_utf8"):
+            import codecs
+
+            lead = np.zeros(self.vocab_size, np.int8)
+            only = np.zeros(self.vocab_size, bool)  # continuation bytes and nothing else
+            for i, b in enumerate(self.bytes):
+                if not b:
+                    continue
+                c = 0
+                while c < len(b) and b[c] & 0xC0 == 0x80:
+                    c += 1
+                try:
+                    codecs.getincrementaldecoder("utf-8")().decode(b[c:], final=False)
+                except UnicodeDecodeError:
+                    c = 9  # never valid
+                lead[i] = min(c, 9)
+                only[i] = c == len(b)
+            self._utf8 = [(lead == p) | (only & (lead < p)) for p in range(4)]
+        return self._utf8
+
     def longest_prefix(self, rest: bytes, most: int = 32) -> int | None:
         """The token of the longest bytes (up to ``most``) that ``rest`` starts with."""
         exact = self._prefix_index()[2]
@@ -157,6 +183,44 @@ class TypedTailConstraint:
             blocked = np.ones(scores.shape[1], dtype=bool)
             blocked[:width] = ~mask[:width]
             scores[row, blocked] = -np.inf
+        return scores
+
+
+def _utf8_pending(data: bytes) -> int:
+    """How many continuation bytes the end of ``data`` still waits for (0: it ends a character)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 == 0x80:
+            continue  # a continuation byte: look further back for its lead
+        size = (
+            2
+            if byte & 0xE0 == 0xC0
+            else 3
+            if byte & 0xF0 == 0xE0
+            else 4
+            if byte & 0xF8 == 0xF0
+            else 1
+        )
+        return max(0, size - back)
+    return 0
+
+
+class WholeCharacters:
+    """Only tokens that keep the message valid UTF-8: a token may start with continuation bytes
+    only to finish the character the text ends inside, and the end (or a stop) never comes in the
+    middle of one. Byte-level BPE can write a lone or stray byte; decoded, it became the
+    replacement character a user saw (`+ 'ago\ufffd`)."""
+
+    def __init__(self, table: TokenTable, start: int):
+        self.table, self.start = table, start
+        self.masks = table.utf8_masks()
+
+    def __call__(self, seqs: list[list[int]], scores: np.ndarray) -> np.ndarray:
+        for row, seq in enumerate(seqs):
+            pending = _utf8_pending(self.table.text(seq[self.start :])[-4:])
+            mask = self.masks[pending]
+            width = min(mask.shape[0], scores.shape[1])
+            scores[row, :width][~mask[:width]] = -np.inf
         return scores
 
 
@@ -371,6 +435,7 @@ def generate_candidates(
                                                 copying.MIN_TYPED_WORD,
                                                 support.sorted_names()))  # fmt: skip
     processors.append(TypedTailConstraint(table, tail, start))
+    processors.append(WholeCharacters(table, start))
     if settings.no_repeat_ngram_size:
         processors.append(MessageNoRepeatNGram(settings.no_repeat_ngram_size, message_start))
     if support is not None:
