@@ -274,8 +274,10 @@ def run(message_file: str, source: str = "", sha: str | None = None) -> int:
         from cmc.learn import announce_once
 
         note = announce_once(repo.common_dir) if settings.learn else None
+        origins = [c.origin.describe() if c.origin else None for c in completion.candidates]
         text = msgfile.render(parsed, messages[0], messages[1:], editor_opens=editor,
-                              cleanup=settings.cleanup, note=note and f"cmc: {note}.")  # fmt: skip
+                              cleanup=settings.cleanup, note=note and f"cmc: {note}.",
+                              origins=origins)  # fmt: skip
         _write_atomically(path, text)
         _log(git_dir, f"suggested in {completion.latency_ms:.0f} ms with {completion.model}")
     except Exception as exc:

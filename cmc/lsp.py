@@ -165,7 +165,9 @@ def completion(params: lsp.CompletionParams) -> lsp.CompletionList:
             lsp.CompletionItem(
                 label=first_line.strip() or cand.message.split("\n")[0],
                 kind=lsp.CompletionItemKind.Text,
-                detail=f"cmc · {Path(result.model).name}",
+                detail=f"cmc · {Path(result.model).name}"
+                if cand.origin is None
+                else f"cmc · memory: {cand.origin.describe()}",
                 documentation=cand.message,
                 sort_text=f"{rank:02d}",
                 filter_text=first_line,

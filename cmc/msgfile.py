@@ -95,19 +95,27 @@ def render(
     editor_opens: bool,
     cleanup: str,
     note: str | None = None,
+    origins: list[str | None] | None = None,
 ) -> str:
-    """The file cmc writes: the best message; then, where git will strip them, the alternatives
-    and ``note`` as comments; then git's own lines, as they were. With no editor, only the
-    message."""
+    """The file cmc writes: the best message; then, where git will strip them, where it came from
+    (``origins[0]``: an earlier commit, when the memory offered it), the alternatives (each with
+    its origin) and ``note`` as comments; then git's own lines, as they were. With no editor, only
+    the message."""
     if not editor_opens:
         return best.rstrip("\n") + "\n"
     lines = [best.rstrip("\n"), ""]
     comment = parsed.comment
     stripped = comment is not None and comments_stripped(cleanup, editor_opens)
+    origins = list(origins or []) + [None] * (1 + len(alternatives))
+    if origins[0] and stripped:
+        lines.append(f"{comment} cmc: the message above is an earlier one of this repository's "
+                     f"({origins[0]})")  # fmt: skip
     if alternatives and stripped:
         lines.append(f"{comment} cmc: other suggestions (copy one above to use it):")
-        for alt in alternatives:
+        for alt, origin in zip(alternatives, origins[1:]):
             lines += [f"{comment}   {piece}" for piece in alt.split("\n")]
+            if origin:
+                lines.append(f"{comment}     (an earlier message: {origin})")
     if note and stripped:
         lines.append(f"{comment} {note}")
     lines += parsed.rest

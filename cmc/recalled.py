@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from cmc.decoding import Candidate
+from cmc.decoding import Candidate, Origin
 
 OFFERED = frozenset({"nearest", "prefix", "infix"})  # what the memory offers (each measured)
 INFIX_WORDS = 3  # typed words an infix match must share (the last one may be half-typed)
@@ -37,6 +37,7 @@ class Recalled:
     continuation: str
     similarity: float  # of the changes (TF-IDF cosine of their diff features)
     kind: str  # "prefix", "nearest" or "infix"
+    origin: Origin | None = None  # the commit whose message it is
 
 
 def subject_or_body(text: str, typed: str) -> str:
@@ -55,7 +56,8 @@ def candidates(recall: Any, typed: str) -> list[Recalled]:
     def add(message: str, similarity: float, kind: str) -> None:
         if message not in seen and len(message) > len(typed):
             seen.add(message)
-            found.append(Recalled(message, message[len(typed) :], similarity, kind))
+            found.append(Recalled(message, message[len(typed) :], similarity, kind,
+                                  origin_of(recall, message)))  # fmt: skip
 
     if not typed.strip():
         if "nearest" not in OFFERED:
@@ -110,10 +112,26 @@ def _infix(recall: Any, typed: str, k: int) -> list[Recalled]:
         if not rest.strip() or rest in seen:
             continue
         seen.add(rest)
-        out.append(Recalled(typed + rest, rest, float(recall.scores[i]), "infix"))
+        out.append(Recalled(typed + rest, rest, float(recall.scores[i]), "infix",
+                            _origin(memory, i)))  # fmt: skip
         if len(out) == k:
             break
     return out
+
+
+def _origin(memory: Any, i: int) -> Origin:
+    import time
+
+    return Origin(memory.shas[i][:10], time.strftime("%Y-%m-%d", time.gmtime(int(memory.times[i]))))
+
+
+def origin_of(recall: Any, message: str) -> Origin | None:
+    """The most alike commit whose message (or its subject) is ``message``."""
+    memory = recall.memory
+    for i in recall.order[:SCAN]:
+        if memory.messages[i].startswith(message):
+            return _origin(memory, int(i))
+    return None
 
 
 def fitted(offered: list[Recalled], typed: str, support: Any) -> list[Recalled]:
@@ -125,7 +143,7 @@ def fitted(offered: list[Recalled], typed: str, support: Any) -> list[Recalled]:
     for r in offered:
         message = repair(r.message, typed, support)
         if message is not None:
-            out.append(Recalled(message, message[len(typed) :], r.similarity, r.kind))
+            out.append(Recalled(message, message[len(typed) :], r.similarity, r.kind, r.origin))
     return out
 
 
@@ -190,7 +208,7 @@ def options(model: list[Candidate], recalled: list[Recalled], typed: str) -> lis
             continue
         rank[r.kind] = rank.get(r.kind, -1) + 1
         if rank[r.kind] < PER_KIND[r.kind]:
-            out.append(Option(Candidate(r.message, r.continuation, r.similarity), r.kind,
+            out.append(Option(Candidate(r.message, r.continuation, r.similarity, r.origin), r.kind,
                               rank[r.kind], similarity=r.similarity))  # fmt: skip
     return out
 

@@ -46,7 +46,7 @@ def follow_suggestion(previous: Completion, typed: str) -> Completion | None:
     ]
     if not kept or not previous.candidates[0].message.startswith(typed):
         return None
-    cands = [Candidate(c.message, c.message[len(typed) :], c.score) for c in kept]
+    cands = [Candidate(c.message, c.message[len(typed) :], c.score, c.origin) for c in kept]
     return Completion(typed, cands, previous.model, 0.0)
 
 

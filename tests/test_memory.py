@@ -204,17 +204,29 @@ def test_completion_continues_typed_text_from_the_memory(tmp_path: Path, tiny_mo
     (b.path / name).write_text(text.format(42))
     git(b.path, "add", name)
 
+    replies = []
+
     def complete(*args):
         out = subprocess.run(["cmc", "complete", "--json", "--prefix", "docs: expl", *args],
                              cwd=b.path, env=cmc_env(), capture_output=True, text=True)  # fmt: skip
         assert out.returncode == 0, out.stderr
-        return [c["message"] for c in __import__("json").loads(out.stdout)["candidates"]]
+        replies.append(__import__("json").loads(out.stdout)["candidates"])
+        return [c["message"] for c in replies[-1]]
 
     without = complete()
     assert not any(m.startswith("docs: explain the proxy setting") for m in without)
+    assert {c["source"] for c in replies[-1]} == {"model"}
     assert build(b.path).added == 12
     found = complete()
     assert found[0].startswith("docs: explain the proxy setting "), found
+    # it says where it came from: the commit whose message it is, and its date
+    first = replies[-1][0]
+    assert first["source"] == "memory"
+    said = git(
+        b.path, "log", "-1", "--format=%H %ad", "--date=short", f"--grep=^{first['message']}$"
+    )
+    full_sha, date = said.stdout.split()
+    assert full_sha.startswith(first["commit"]) and first["date"] == date
     git(b.path, "config", "cmc.memory", "false")
     assert complete() == without  # turned off: as if there were none
 

@@ -33,6 +33,22 @@ def test_comment_char(text: str, configured: str, expected: str | None):
     assert msgfile.resolve_comment_char(configured, text) == expected
 
 
+def test_render_says_which_suggestions_are_earlier_messages():
+    parsed = msgfile.parse("\n# Please enter the commit message\n", "#")
+    text = msgfile.render(parsed, "Fix it", ["Fix that", "Fix more"], editor_opens=True,
+                          cleanup="default", origins=["commit 1a2b3c4d5e of 2024-05-01", None,
+                                                      "commit 9f8e7d6c5b of 2023-01-02"])  # fmt: skip
+    lines = text.splitlines()
+    assert lines[0] == "Fix it" and lines[1] == ""  # the message itself is untouched
+    assert (
+        "# cmc: the message above is an earlier one of this repository's (commit 1a2b3c4d5e of 2024-05-01)"
+        in lines
+    )
+    at = lines.index("#   Fix more")
+    assert lines[at + 1] == "#     (an earlier message: commit 9f8e7d6c5b of 2023-01-02)"
+    assert lines[lines.index("#   Fix that") + 1] == "#   Fix more"  # the model's: nothing added
+
+
 def test_render_never_writes_comments_git_would_keep():
     parsed = msgfile.parse("Fix\n\n# Please enter\n", "#")
     full = msgfile.render(parsed, "Fix it", ["Fix that"], editor_opens=True, cleanup="default")

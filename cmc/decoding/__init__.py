@@ -11,26 +11,50 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class Origin:
+    """An earlier commit of the repository whose message a suggestion is (recalled, fitted)."""
+
+    commit: str  # its short hash
+    date: str  # its author date, YYYY-MM-DD
+
+    def describe(self) -> str:
+        return f"commit {self.commit} of {self.date}"
+
+
+@dataclass(frozen=True)
 class Candidate:
     message: str  # the whole message: typed text + continuation
     continuation: str  # what to append to the typed text
     score: float
+    origin: Origin | None = None  # None: the model wrote it
+
+    @property
+    def source(self) -> str:
+        return "model" if self.origin is None else "memory"
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "message": self.message,
             "continuation": self.continuation,
             "score": round(self.score, 4),
+            "source": self.source,
         }
+        if self.origin is not None:
+            out.update(commit=self.origin.commit, date=self.origin.date)
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> Candidate:
         if not isinstance(data, dict):
             raise ValueError("a candidate must be an object")
+        origin = None
+        if data.get("source") == "memory":
+            origin = Origin(_typed(data, "commit", str), _typed(data, "date", str))
         return cls(
             _typed(data, "message", str),
             _typed(data, "continuation", str),
             float(_typed(data, "score", (int, float))),
+            origin,
         )
 
 
