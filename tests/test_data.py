@@ -355,3 +355,20 @@ def test_a_snapshot_missing_a_blob_is_mined_around_it_and_a_list_resumes(tmp_pat
         "acme/widgets: mined before (5 commits)" in again.output
         and "1 already mined" in again.output
     )
+
+
+def test_a_split_folder_given_alone_keeps_its_split(tmp_path: Path):
+    """`cmc data process DATA/train DATA/validation DATA/test` split the corpus' repositories
+    again at random (a test repository's commits then trained a model): each folder named after a
+    split now keeps it, as DATA given whole always did."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for split, repo in (("train", "a/one"), ("validation", "b/two"), ("test", "c/three")):
+        (tmp_path / split).mkdir()
+        pq.write_table(pa.Table.from_pylist([{"repo": repo, "message": "x", "mods": []}]),
+                       tmp_path / split / f"{repo.replace('/', '__')}.parquet")  # fmt: skip
+    apart = load_raw([str(tmp_path / s) for s in ("train", "validation", "test")])
+    whole = load_raw([str(tmp_path)])
+    assert {(r["repo"], r["split"]) for r in apart} == {(r["repo"], r["split"]) for r in whole} == {
+        ("a/one", "train"), ("b/two", "validation"), ("c/three", "test")}  # fmt: skip

@@ -382,7 +382,8 @@ def _read_parquet(path: Path, split: str | None) -> list[dict]:
 
 def load_raw(inputs: Iterable[str]) -> list[dict]:
     """Raw rows from parquet files, folders of them (``train/``, ``validation/``, ``test/``
-    subfolders keep their split), a saved ``datasets`` folder, or a hub dataset id."""
+    subfolders keep their split, and so does such a folder given itself), a saved ``datasets``
+    folder, or a hub dataset id."""
     rows: list[dict] = []
     for spec in inputs:
         path = Path(spec)
@@ -406,8 +407,10 @@ def load_raw(inputs: Iterable[str]) -> list[dict]:
                 files = sorted(path.rglob("*.parquet"))
                 if not files:
                     raise CmcError(f"{spec}: no parquet files found")
+                # a split's own folder (DATA/test) given alone keeps its split too
+                split = path.name if path.name in SPLITS else None
                 for f in files:
-                    rows += _read_parquet(f, None)
+                    rows += _read_parquet(f, split)
         elif not path.exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
             rows += load_hub(spec)
         else:
