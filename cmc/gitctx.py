@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cmc import CmcError
-from cmc.gitcmd import git_argv
+from cmc.gitcmd import NO_DIFF_PROGRAMS, git_argv
 from cmc.prompt import FILE_HISTORY_KEEP
 
 if TYPE_CHECKING:
@@ -156,7 +156,7 @@ class GitRepo:
         return self._quiet("rev-parse", "--verify", "--quiet", "HEAD^{commit}") == 0
 
     def has_staged_changes(self) -> bool:
-        return self._quiet("diff", "--cached", "--quiet", "--no-ext-diff") == 1
+        return self._quiet("diff", "--cached", "--quiet", *NO_DIFF_PROGRAMS) == 1
 
     def exclusions(self, configured: list[str] | tuple[str, ...] = ()) -> Exclusions:
         """Default patterns, then ``git config cmc.exclude`` (``configured``), then ``.cmcignore``."""
@@ -201,7 +201,7 @@ class GitRepo:
             if p
         ]
         lines = self._stream(
-            "diff", "--cached", "-M", "--no-color", "--no-ext-diff", "--no-textconv",
+            "diff", "--cached", "-M", "--no-color", *NO_DIFF_PROGRAMS,
             "--submodule=short", "--src-prefix=a/", "--dst-prefix=b/", "--", ".", *skip,
         )  # fmt: skip
         from cmc.diffs import keep_hunks, parse_patch
@@ -228,7 +228,7 @@ class GitRepo:
         mods without content."""
         from cmc.secrets import is_credential_file
 
-        out = self._git("diff", "--cached", "-M", "--name-status", "-z", "--no-ext-diff", "--")
+        out = self._git("diff", "--cached", "-M", "--name-status", "-z", *NO_DIFF_PROGRAMS, "--")
         fields = out.split("\0")
         from cmc.diffs import Mod
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmc.gitcmd import GIT
+from cmc.gitcmd import GIT, NO_DIFF_PROGRAMS
 
 MAX_COMMIT_BYTES = 64 << 20  # a commit printing more than this is skipped unread
 _MARK = "\x00\x01cmc-commit\x00"
@@ -117,7 +117,7 @@ def log_commits(
     skipped = skipped if skipped is not None else Counter()
     position = {sha: i for i, sha in enumerate(shas)}
     args = [*GIT, "-c", "core.quotePath=false", "log", "--no-walk=unsorted", "--stdin", "-p",
-            *diff_args, "--no-color", "--no-ext-diff", "--no-textconv", "--submodule=short",
+            *diff_args, "--no-color", *NO_DIFF_PROGRAMS, "--submodule=short",
             "--src-prefix=a/", "--dst-prefix=b/", f"--format={_FORMAT}"]  # fmt: skip
     if pathspec:
         args += ["--", *pathspec]
