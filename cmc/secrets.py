@@ -663,39 +663,39 @@ _CODE = re.compile(
     r"^(?:[A-Za-z_$][\w$]*(?:(?:\.|::)[A-Za-z_$][\w$]*)*(?:\(.*|\[.*)?|[A-Za-z_]+\??|\d+|"
     r"[A-Za-z]+(?:-[A-Za-z]+)+|@\w+|[(\[].*|\{[ \t]*(?:[A-Za-z_][\w.]*|\d+)?[ \t]*(?:,.*|\}.*)?)$"
 )  # a name, a dotted path, a call or index, a word, a number, a cmdlet, a tuple or list of names
-_POSITIONS = [  # (hints, pattern with a group "v": the value)
-    (("sshpass",), rf"\bsshpass[ \t]+-p[ \t]*(?P<v>{_LITERAL}|\S+)"),
-    (("mysql", "mariadb"), r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n|;]*?[ \t]-p(?P<v>[^\s'\"-]\S*|'[^']+'|\"[^\"]+\")"),
-    (("pass:",), r"-pass(?:in|out)?[ \t]+pass:(?P<v>\S+)"),
-    (("--pass", "--token", "--secret", "--api", "--auth"),
+_POSITIONS = [  # (hints, kind, pattern with a group "v": the value)
+    (("sshpass",), "value", rf"\bsshpass[ \t]+-p[ \t]*(?P<v>{_LITERAL}|\S+)"),
+    (("mysql", "mariadb"), "value", r"\b(?:mysql|mysqldump|mysqladmin|mariadb)\b[^\n|;]*?[ \t]-p(?P<v>[^\s'\"-]\S*|'[^']+'|\"[^\"]+\")"),
+    (("pass:",), "value", r"-pass(?:in|out)?[ \t]+pass:(?P<v>\S+)"),
+    (("--pass", "--token", "--secret", "--api", "--auth"), "value",
      rf"--(?:password|passwd|pass|token|secret|api-?key|auth-token)(?:[ \t]+|=)(?P<v>{_LITERAL}|[^\s-]\S*)"),
-    (("identified",), rf"(?i:\bidentified[ \t]+by[ \t]+)(?P<v>{_LITERAL})"),
-    (("requirepass", "masterauth"), r"\b(?:requirepass|masterauth)[ \t]+(?P<v>\S+)"),
-    (("vault",), r"\bvault[ \t]+login[ \t]+(?:-\S+[ \t]+)*(?P<v>[^\s-]\S{7,})"),
-    (("docker",), r"\becho[ \t]+(?P<v>\"[^\"$\n]{6,}\"|'[^'\n]{6,}')[ \t]*\|[ \t]*docker[ \t]+login"),
-    (("curl",), r"\bcurl\b[^\n]*?[ \t]-u[ \t]*['\"]?[^\s:'\"]+:(?P<v>[^\s'\"@\\]+)"),
-    (("authorization",), r"(?i:\bauthorization\b)[\"']?[ \t]*[:=][ \t]*[\"']?[A-Za-z-]+[ \t]+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
-    (("auth",), rf"\bauth[ \t]*=[ \t]*\([ \t]*(?:{_LITERAL}|\w+)[ \t]*,[ \t]*(?P<v>{_LITERAL})"),
-    (("login", "connect", "credential", "auth"),
+    (("identified",), "value", rf"(?i:\bidentified[ \t]+by[ \t]+)(?P<v>{_LITERAL})"),
+    (("requirepass", "masterauth"), "value", r"\b(?:requirepass|masterauth)[ \t]+(?P<v>\S+)"),
+    (("vault",), "value", r"\bvault[ \t]+login[ \t]+(?:-\S+[ \t]+)*(?P<v>[^\s-]\S{7,})"),
+    (("docker",), "value", r"\becho[ \t]+(?P<v>\"[^\"$\n]{6,}\"|'[^'\n]{6,}')[ \t]*\|[ \t]*docker[ \t]+login"),
+    (("curl",), "value", r"\bcurl\b[^\n]*?[ \t]-u[ \t]*['\"]?[^\s:'\"]+:(?P<v>[^\s'\"@\\]+)"),
+    (("authorization",), "value", r"(?i:\bauthorization\b)[\"']?[ \t]*[:=][ \t]*[\"']?[A-Za-z-]+[ \t]+(?P<v>[A-Za-z0-9._~+/=-]{8,})"),
+    (("auth",), "value", rf"\bauth[ \t]*=[ \t]*\([ \t]*(?:{_LITERAL}|\w+)[ \t]*,[ \t]*(?P<v>{_LITERAL})"),
+    (("login", "connect", "credential", "auth"), "value",
      rf"(?i:\b(?:login|getconnection|connect|\w{{0,30}}credentials?|authenticate|basicauth))[ \t]*\((?:[^()\n]*?,)+[ \t]*(?P<v>{_LITERAL})[ \t]*\)"),
-    (("pass", "secret", "token", "pwd", "auth"),
+    (("pass", "secret", "token", "pwd", "auth"), "value",
      rf"\b(?:define|env|getenv|config)[ \t]*\([ \t]*(?P<name>{_LITERAL})[ \t]*,[ \t]*(?P<v>{_LITERAL})"),
-    (("securestring",), rf"(?i:convertto-securestring)[ \t]+(?:-string[ \t]+)?(?P<v>{_LITERAL})"),
-    (('variable "',), r"\bvariable[ \t]+\"(?P<name>[^\"]+)\"[ \t]*\{[^}]{0,400}?\bdefault[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\")"),
-    (("://",), r"://[^\s:/@'\"]*:(?P<v>[^\s/'\"@]*@[^\s/'\"@]*)@"),  # a password holding a raw @
-    (("passphrase", "password", "passcode"),
+    (("securestring",), "value", rf"(?i:convertto-securestring)[ \t]+(?:-string[ \t]+)?(?P<v>{_LITERAL})"),
+    (('variable "',), "value", r"\bvariable[ \t]+\"(?P<name>[^\"]+)\"[ \t]*\{[^}]{0,400}?\bdefault[ \t]*=[ \t]*(?P<v>\"[^\"\n]*\")"),
+    (("://",), "value", r"://[^\s:/@'\"]*:(?P<v>[^\s/'\"@]*@[^\s/'\"@]*)@"),  # a password holding a raw @
+    (("passphrase", "password", "passcode"), "strict",
      r"(?i:\b(?:passphrase|password|passcode)\b)[ \t]+(?:(?:is|was)[ \t]+)?(?P<v>[^\s,;]{4,})"),
-    (("login", "credential", "account"), r"(?i:\b(?:login|credentials?|account)\b)[^\n/]{0,40}?\b\w+[ \t]+/[ \t]+(?P<v>[^\s,;]{4,})"),
-    ((":5432:", ":3306:", "pgpass"), r"(?m)^[+ -]?[^\s:]+:\d+:[^\s:]+:[^\s:]+:(?P<v>\S+)$"),
-    (("hex:",),  # lines holding a 32+ hex run (`_chunks` marks them so)
+    (("login", "credential", "account"), "strict", r"(?i:\b(?:login|credentials?|account)\b)[^\n/]{0,40}?\b\w+[ \t]+/[ \t]+(?P<v>[^\s,;]{4,})"),
+    ((":5432:", ":3306:", "pgpass"), "value", r"(?m)^[+ -]?[^\s:]+:\d+:[^\s:]+:[^\s:]+:(?P<v>\S+)$"),
+    ((), "hex",  # read wherever a 32+ hex run is (`_chunks`), not by hints
      r"(?P<name>[\w.-]*(?i:key|secret|hmac|salt|token)[\w.-]*)[\"']?[ \t]*(?:[:=][ \t]*|=[ \t]*bytes\.fromhex\([ \t]*)[\"']?(?P<v>[0-9a-fA-F]{32,})\b"),
-    (("sl.",), r"\b(?P<v>sl\.[A-Za-z0-9_-]{100,})"),  # Dropbox
-    (("sk.eyj",), r"\b(?P<v>sk\.eyJ[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{10,})"),  # Mapbox secret
+    (("sl.",), "shape", r"\b(?P<v>sl\.[A-Za-z0-9_-]{100,})"),  # Dropbox
+    (("sk.eyj",), "shape", r"\b(?P<v>sk\.eyJ[A-Za-z0-9_-]{20,}\.[A-Za-z0-9_-]{10,})"),  # Mapbox secret
 ]  # fmt: skip
-_POSITION_RULES = [(hints, re.compile(p)) for hints, p in _POSITIONS]
-_ALL_HINTS_FOUND = sorted(
-    {h for hints, _ in _POSITIONS for h in hints if h != "hex:"} | set(_NAME_HINTS)
-)
+# kind: "value" (masked unless `_value_like` finds it is none), "strict" (prose: it must look like
+# a password too), "shape" (a token's own shape is enough), "hex" (a hex key beside a key's name)
+_POSITION_RULES = [(hints, kind, re.compile(p)) for hints, kind, p in _POSITIONS]
+_ALL_HINTS_FOUND = sorted({h for hints, _, _ in _POSITIONS for h in hints} | set(_NAME_HINTS))
 _IMPLICIT_CONCAT = re.compile(
     rf"=[ \t]*\([ \t]*\n?(?P<body>(?:[ \t+]*{_LITERAL}[ \t]*\n?){{2,}})[ \t+]*\)"
 )
@@ -808,25 +808,23 @@ def _mask_named_chunk(text: str) -> str:
             text = _IMPLICIT_CONCAT.sub(joined, text)
         low = text.lower()
     hexed = _HEX_RUN.search(text) is not None
-    for hints, rule in _POSITION_RULES:
-        if any(h in low for h in hints) or (hexed and hints == ("hex:",)):
-            text = rule.sub(_positional, text)
+    for hints, kind, rule in _POSITION_RULES:
+        if any(h in low for h in hints) or (hexed and kind == "hex"):
+            text = rule.sub(lambda m, kind=kind: _positional(m, kind), text)
             low = text.lower()
     return text
 
 
-def _positional(m: re.Match) -> str:
+def _positional(m: re.Match, kind: str) -> str:
     """A value where a secret goes (`_POSITIONS`), masked unless it reads as no value: a name
     group must name a secret (or, beside a hex key, a key), prose and login lines must look like
     passwords, and a token's own shape needs no more."""
-    value, name, pattern = m.group("v"), m.groupdict().get("name"), m.re.pattern
+    value, name = m.group("v"), m.groupdict().get("name")
     if name is not None and not (_NAME.search(name) or re.search(r"key|hmac|salt", name, re.I)):
         return m.group(0)
     if name is not None and _CHECKSUM_KEY.search(name + " "):
         return m.group(0)
-    strict = pattern.startswith(("(?i:\\b(?:passphrase", "(?i:\\b(?:login"))
-    shape = pattern.startswith("\\b(?P<v>")
-    if not shape and not _value_like(value, strict):
+    if kind != "shape" and not _value_like(value, kind == "strict"):
         return m.group(0)
     inner = value[1:-1] if value[:1] in "\"'" and value[-1:] == value[:1] else value
     start, end = m.span("v")
