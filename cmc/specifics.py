@@ -165,13 +165,7 @@ class Support:
             any(CI_MARKER.search(h) for h in history),
             set(uses),
             name_counts(uses),
-            numbers={
-                n
-                for line in [*changed, typed]
-                for m in NUMBER.finditer(line)
-                for n in m.groups()
-                if n
-            },
+            numbers={m.group(1) for line in [*changed, typed] for m in NUMBER.finditer(line)},
         )
 
     def with_typed(self, typed: str) -> Support:
