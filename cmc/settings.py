@@ -38,7 +38,7 @@ ENVIRONMENT = {
     "CMC_PREFETCH": "0/false: the daemon does not compute the hook's answer after `git add`",
     "CMC_THREADS": "threads for completion (default 1)",
     "CMC_RUNTIME": "auto, numpy or transformers: what runs the model",
-    "CMC_PRECISION": "int8 or float32: the weight products of cmc's runtime",
+    "CMC_PRECISION": "int8, int8w (int8 weights in blocks, float32 activations) or float32: the weight products of cmc's runtime",
     "CMC_MATMUL": "numpy: weight products on numpy instead of onnxruntime",
     "CMC_DTYPE": "torch dtype of the transformers runtime on the CPU (default float32)",
     "CMC_LEARN": "0/false: the daemon does not learn repositories in the background",
@@ -96,7 +96,7 @@ def socket_override() -> Path | None:
 
 
 RUNTIMES = ("auto", "numpy", "transformers")
-PRECISIONS = ("float32", "int8")
+PRECISIONS = ("float32", "int8", "int8w")
 
 
 def runtime_env() -> str:

@@ -24,6 +24,7 @@ from cmc.runtime.linear import (
     OrtTail,
     TailWeights,
     linear_factory,
+    quantize_blocks,
     quantize_rows,
 )
 
@@ -119,6 +120,42 @@ def test_int8_products_are_close_to_float32(rows):
 
 
 @pytest.mark.parametrize("bias", [False, True])
+def test_int8_weights_in_blocks_keep_activations_with_outlier_channels(bias):
+    """What the pretrained base needs: a few input channels 50-100x the others (as its activations
+    have) ruin int8 products that quantize each activation row as a whole; weights quantized per
+    block of 32 inputs with float32 activations (`int8w`, MatMulNBits) stay close."""
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal((384, 200)) * 0.05).astype(np.float32)  # 200: not whole blocks
+    b = rng.standard_normal(384).astype(np.float32) if bias else None
+    x = rng.standard_normal((6, 200)).astype(np.float32)
+    x[:, [3, 77]] *= 100.0  # outlier channels
+    want = x @ w.T + (0 if b is None else b)
+
+    def corr(got):
+        return np.corrcoef(got.ravel(), want.ravel())[0, 1]
+
+    blocked = OrtLinear(w, b, "int8w")(x)
+    rowwise = OrtLinear(w, b, "int8")(x)
+    assert blocked.shape == want.shape and blocked.dtype == np.float32
+    assert np.abs(blocked - want).max() / np.abs(want).max() < 0.01
+    assert corr(blocked) > 0.9999 and corr(rowwise) < corr(blocked)
+
+
+def test_quantized_blocks_reconstruct_their_matrix():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((8, 70)).astype(np.float32)  # 70 inputs: 3 blocks, the last padded
+    w[2] = 0.0
+    q, scale, zero = quantize_blocks(w, block=32)
+    assert q.shape == (8, 3, 32) and q.dtype == np.uint8 and scale.shape == zero.shape == (24,)
+    back = (q.astype(np.float32) - zero.reshape(8, 3, 1)) * scale.reshape(8, 3, 1)
+    back = back.reshape(8, 96)
+    assert np.all(back[:, 70:] == 0)  # the padding reads as zeros
+    np.testing.assert_array_equal(back[2], 0)
+    err = np.abs(back[:, :70] - w).reshape(-1)
+    assert err.max() <= scale.max() + 1e-6  # half a step for the value, half for the zero point
+
+
+@pytest.mark.parametrize("bias", [False, True])
 def test_a_layer_tail_in_one_graph_equals_numpy(bias):
     rng = np.random.default_rng(7)
 
@@ -132,8 +169,9 @@ def test_a_layer_tail_in_one_graph_equals_numpy(bias):
         x, attn = m(rows, 96) * 20, m(rows, 128) * 20
         want = NumpyTail(w)(x, attn)
         np.testing.assert_allclose(OrtTail(w, "float32")(x, attn), want, rtol=1e-5, atol=1e-5)
-        got = OrtTail(w, "int8")(x, attn)
-        assert np.abs(got - want).max() / np.abs(want).max() < 0.03
+        for precision in ("int8", "int8w"):
+            got = OrtTail(w, precision)(x, attn)
+            assert np.abs(got - want).max() / np.abs(want).max() < 0.03
 
 
 @pytest.mark.parametrize("levels", [127, 63])  # 8 bits, or 7 where the CPU lacks VNNI

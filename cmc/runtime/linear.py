@@ -113,6 +113,27 @@ def quantize_rows(w: np.ndarray, levels: int | None = None) -> tuple[np.ndarray,
     return scaled.astype(np.int8), scale
 
 
+BLOCK = 32  # inputs per scale in ``int8w``
+
+
+def quantize_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric uint8 per ``block`` inputs of each output of ``w`` (out, in), the layout of
+    onnxruntime's ``MatMulNBits``: ``(q (out, blocks, block), scale (out * blocks), zero point
+    (out * blocks))``, inputs padded with zeros to whole blocks."""
+    n, k = w.shape
+    blocks = -(-k // block)
+    padded = np.zeros((n, blocks * block), np.float32)
+    padded[:, :k] = w
+    padded = padded.reshape(n, blocks, block)
+    low = np.minimum(padded.min(axis=-1), 0.0)
+    high = np.maximum(padded.max(axis=-1), 0.0)
+    scale = np.where(high > low, (high - low) / 255.0, 1.0).astype(np.float32)
+    zero = np.clip(np.rint(-low / scale), 0, 255)
+    q = np.rint(padded / scale[..., None]) + zero[..., None]
+    np.clip(q, 0, 255, out=q)
+    return q.astype(np.uint8), scale.reshape(-1), zero.astype(np.uint8).reshape(-1)
+
+
 def _product(P, x: str, y: str, w: np.ndarray, bias: np.ndarray | None, precision: str,
              tag: str = "") -> tuple[list, list]:  # fmt: skip
     """The nodes and initializers of ``y = x @ w.T + bias`` in a graph (names prefixed ``tag``)."""
@@ -133,6 +154,23 @@ def _product(P, x: str, y: str, w: np.ndarray, bias: np.ndarray | None, precisio
                 [y],
                 domain="com.microsoft",
             ),
+        ]
+    elif precision == "int8w":
+        # int8 weights, a scale per 32 inputs, float32 activations: for models whose activations
+        # have outlier channels (the pretrained base), where quantizing each row as a whole fails
+        q, scale, zero = quantize_blocks(w)
+        inits += [P.tensor(tag + "q", q), P.tensor(tag + "s", scale), P.tensor(tag + "z", zero)]
+        nodes = [
+            P.node(
+                "MatMulNBits",
+                [x, tag + "q", tag + "s", tag + "z", *(["", *b] if b else [])],  # "": no g_idx
+                [y],
+                domain="com.microsoft",
+                K=w.shape[1],
+                N=n,
+                bits=8,
+                block_size=BLOCK,
+            )
         ]
     elif precision == "float32":
         inits.append(P.tensor(tag + "w", np.ascontiguousarray(w, dtype=np.float32)))
