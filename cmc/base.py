@@ -289,7 +289,13 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> Path:
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "cmc.json").write_text(
         json.dumps(
-            {"budget": BASE_BUDGET, "base": {"name": NAME, "gguf": Path(gguf_path).name}}, indent=2
+            {
+                "budget": BASE_BUDGET,
+                "base": {"name": NAME, "gguf": Path(gguf_path).name},
+                # its activations have outlier channels: int8 rows fail it, int8 weights hold
+                "precision": "int8w",
+            },
+            indent=2,
         )
     )
     (out / "NOTICE").write_text(NOTICE)

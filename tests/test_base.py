@@ -184,7 +184,11 @@ def test_the_folder_holds_the_weights_config_tokenizer_and_budget(tiny_gguf, tmp
         16,
     )
     assert config["tie_word_embeddings"] and config["rope_parameters"]["rope_theta"] == 100000.0
-    assert json.loads((out / "cmc.json").read_text())["budget"] == BASE_BUDGET
+    meta = json.loads((out / "cmc.json").read_text())
+    assert meta["budget"] == BASE_BUDGET and meta["precision"] == "int8w"
+    from cmc.model import precision_for
+
+    assert precision_for(out) == "int8w"  # what cmc's runtime will run it in
     assert (out / "NOTICE").read_text().startswith("This model is derived from SmolLM2")
 
 
