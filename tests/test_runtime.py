@@ -190,18 +190,20 @@ def test_bundled_model_candidates_equal_on_real_prompts():
 
 
 @pytest.mark.slow
-def test_int8_products_keep_float32s_next_tokens():
+@pytest.mark.parametrize("precision", ["int8", "int8w"])
+def test_int8_products_keep_float32s_next_tokens(precision):
     """int8 products change some words, and which ones depends on the CPU's int8 kernels (x86
     without VNNI quantizes weights to 7 bits; suggestions can differ slightly between CPUs). What
     does not: on 48 real prompts, teacher-forced through three messages (336 positions), the most
     likely next token agrees with float32's (measured 97.6% on an AVX2-only CPU, the 7-bit case;
     8 bits only come closer) and the logits correlate (min 0.9991 there). A broken quantization
-    (scales, layout) fails both."""
+    (scales, layout) fails both. int8w (int8 weights and activations per block of 32 inputs, the
+    embedding int8 per row) holds to the same bounds."""
     from cmc.model import read_budget
     from cmc.runtime.llama import NumpyLlama
 
     f32 = NumpyLlama(str(BUNDLED_MODEL), "float32", "onnxruntime")
-    i8 = NumpyLlama(str(BUNDLED_MODEL), "int8", "onnxruntime")
+    i8 = NumpyLlama(str(BUNDLED_MODEL), precision, "onnxruntime")
     tok, budget = LeanTokenizer(BUNDLED_MODEL), read_budget(BUNDLED_MODEL)
     history = ["Add the daemon's socket checks", "Fix the hook on a detached HEAD"]
     messages = ["Add the runtime's int8 products", "Fix the parser on empty files",
@@ -220,6 +222,23 @@ def test_int8_products_keep_float32s_next_tokens():
     assert total > 300
     assert agree / total >= 0.93, (agree, total)
     assert min(correlations) >= 0.995, min(correlations)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
+@pytest.mark.parametrize("precision", ["float32", "int8", "int8w"])
+def test_a_loaded_model_keeps_no_map_of_its_weights_file(precision):
+    """The weights file is read through a memory map; what the model keeps must be its own
+    arrays, or the whole file stays resident (the base: 540 MB of a daemon's memory)."""
+    import gc
+
+    from cmc.runtime.llama import NumpyLlama
+
+    model = NumpyLlama(str(BUNDLED_MODEL), precision, "onnxruntime")
+    gc.collect()
+    assert "model.safetensors" not in Path("/proc/self/maps").read_text()
+    if precision == "int8w":  # the embedding table too is int8, a scale per row
+        assert model.embed is None and model._embed_q.dtype == np.int8
+    assert model.prefill(None, [1, 2, 3])[1].shape == (model.vocab_size,)
 
 
 @pytest.mark.slow
@@ -266,7 +285,7 @@ def test_runtime_choice_and_broken_weights_are_one_line_errors(tmp_path, monkeyp
 
     assert runtime_for(str(BUNDLED_MODEL)).endswith("on onnxruntime, int8)")  # the default
     monkeypatch.setenv("CMC_PRECISION", "int4")
-    with pytest.raises(CmcError, match="CMC_PRECISION='int4': use one of float32, int8"):
+    with pytest.raises(CmcError, match="CMC_PRECISION='int4': use one of float32, int8, int8w"):
         load_model(str(BUNDLED_MODEL))
     monkeypatch.setenv("CMC_PRECISION", "float32")
     assert runtime_for(str(BUNDLED_MODEL)).endswith("on onnxruntime, float32)")

@@ -122,8 +122,8 @@ def test_int8_products_are_close_to_float32(rows):
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_weights_in_blocks_keep_activations_with_outlier_channels(bias):
     """What the pretrained base needs: a few input channels 50-100x the others (as its activations
-    have) ruin int8 products that quantize each activation row as a whole; weights quantized per
-    block of 32 inputs with float32 activations (`int8w`, MatMulNBits) stay close."""
+    have) spoil int8 products that quantize each activation row as a whole; weights and
+    activations quantized per block of 32 inputs (`int8w`, MatMulNBits) stay close."""
     rng = np.random.default_rng(3)
     w = (rng.standard_normal((384, 200)) * 0.05).astype(np.float32)  # 200: not whole blocks
     b = rng.standard_normal(384).astype(np.float32) if bias else None
@@ -137,8 +137,9 @@ def test_int8_weights_in_blocks_keep_activations_with_outlier_channels(bias):
     blocked = OrtLinear(w, b, "int8w")(x)
     rowwise = OrtLinear(w, b, "int8")(x)
     assert blocked.shape == want.shape and blocked.dtype == np.float32
-    assert np.abs(blocked - want).max() / np.abs(want).max() < 0.01
-    assert corr(blocked) > 0.9999 and corr(rowwise) < corr(blocked)
+    assert np.abs(blocked - want).max() / np.abs(want).max() < 0.03
+    # (the activations are quantized too, but per block of 32 inputs: an outlier spoils its own)
+    assert corr(blocked) > 0.9998 and 1 - corr(rowwise) > 5 * (1 - corr(blocked))
 
 
 def test_quantized_blocks_reconstruct_their_matrix():

@@ -29,6 +29,7 @@ from cmc.runtime.linear import (
     Tail,
     TailWeights,
     linear_factory,
+    quantize_rows,
     rms_norm,
     tail_factory,
 )
@@ -119,30 +120,40 @@ class NumpyLlama:
 
         w = read_weights(folder)
 
-        def take(name: str) -> np.ndarray:
+        def take(name: str, keep: bool = False) -> np.ndarray:
+            """A tensor; ``keep``: a copy, for what the model holds on to as it is (a view would
+            keep the whole weights file mapped: 540 MB of the base's resident memory)."""
             try:
-                return w.pop(name)
+                arr = w.pop(name)
             except KeyError:
                 raise ValueError(f"weights lack {name}") from None
+            return np.array(arr) if keep else arr
 
-        self.embed = take("model.embed_tokens.weight")
+        embed = take("model.embed_tokens.weight")
+        if self.precision == "int8w":
+            # rows looked up by token: int8 with a scale per row, made float32 on lookup (the
+            # base's 49k x 576 table: 113 MB in float32, 28 MB so)
+            self._embed_q, self._embed_scale = quantize_rows(embed, levels=127)
+            self.embed: np.ndarray | None = None
+        else:
+            self.embed = np.array(embed)
         head = w.pop("lm_head.weight", None)
         if head is None and not cfg.get("tie_word_embeddings", True):
             raise ValueError("weights lack lm_head.weight")
-        head_rows = self.embed if head is None else head  # (vocab, hidden)
+        head_rows = embed if head is None else head  # (vocab, hidden)
         self.vocab_size = head_rows.shape[0]
-        count = self.embed.size + (0 if head is None else head.size)
+        count = embed.size + (0 if head is None else head.size)
         if make is NumpyLinear:
             # The head in both layouts (measured here: one row is fastest against (hidden,
             # vocab), a batch of beams against (vocab, hidden), ~1.5x each way); tied: the second
             # is the embedding itself.
-            self.head_rows: np.ndarray | None = head_rows
+            self.head_rows: np.ndarray | None = self.embed if head is None else np.array(head)
             self._head_cols: np.ndarray | None = None  # made on the first one-row step
             self.head: Linear | None = None
         else:
             self.head_rows = None
             self.head = make(head_rows)
-        self.norm = take("model.norm.weight")
+        self.norm = take("model.norm.weight", keep=True)
         count += self.norm.size
         self.layers = []
         for i in range(cfg["num_hidden_layers"]):
@@ -157,8 +168,8 @@ class NumpyLlama:
                 count += w.size + (0 if b is None else b.size)
                 return w, b
 
-            norm_in = take(p + "input_layernorm.weight")
-            norm_post = take(p + "post_attention_layernorm.weight")
+            norm_in = take(p + "input_layernorm.weight", keep=True)
+            norm_post = take(p + "post_attention_layernorm.weight", keep=True)
             count += norm_in.size + norm_post.size
             qkv = make(*stacked([a + f"{x}_proj" for x in "qkv"], attn_bias))
             o, o_bias = stacked([a + "o_proj"], attn_bias)
@@ -170,6 +181,12 @@ class NumpyLlama:
         self.num_parameters = count
 
     # --- pieces ---------------------------------------------------------------------------------
+
+    def _embed(self, ids) -> np.ndarray:
+        rows = np.asarray(ids)
+        if self.embed is not None:
+            return self.embed[rows]
+        return self._embed_q[rows].astype(np.float32) * self._embed_scale[rows, None]
 
     def _rms(self, x: np.ndarray, weight: np.ndarray) -> np.ndarray:
         return rms_norm(x, weight, self.eps)
@@ -239,7 +256,7 @@ class NumpyLlama:
         self._check_room(past + n)
         hd, kvh = self.head_dim, self.kv_heads
         cos, sin = self._rope(past, n)
-        x = self.embed[np.asarray(ids)]
+        x = self._embed(ids)
         # query row r (position past + r) may see keys up to past + r
         keys_pos = np.arange(past + n)
         mask = np.where(keys_pos[None, :] > (past + np.arange(n))[:, None], -np.inf, 0.0)
@@ -285,7 +302,7 @@ class NumpyLlama:
             beams.k = [_reorder(k, order, t) for k in beams.k]
             beams.v = [_reorder(v, order, t) for v in beams.v]
         cos, sin = self._rope(pos, 1)
-        x = self.embed[np.asarray(tokens)]
+        x = self._embed(tokens)
         scale = np.float32(hd**-0.5)
         for i, layer in enumerate(self.layers):
             q, k, v = self._qkv(layer, x)
