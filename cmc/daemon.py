@@ -78,6 +78,7 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         from cmc.service import CompletionService
 
         self.service = CompletionService()
+        self.served = 0  # completions answered (the memory is trimmed after work, when idle)
         self.idle_timeout = idle_timeout
         self.last_activity = time.monotonic()
         self.path = path
@@ -106,12 +107,17 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return wire.error(f"unknown op {op!r}")
         request = CompleteRequest.from_json(req)
         result, reused = self.service.complete(request, cancelled)
+        self.served += 1
         return wire.complete_reply(result, reused)
 
     def prefetch_loop(self, every: float = 0.5) -> None:
         """Have the hook's next answer ready: after `git add`, the suggestion is computed while
-        the user types `git commit` (see `CompletionService.prefetch`). Not activity: it never
-        keeps an idle daemon alive."""
+        the user types `git commit` (see `CompletionService.prefetch`). After work, once no
+        request has come for ``every`` seconds, the C heap's freed buffers go back to the system
+        (`release_memory`). Not activity: it never keeps an idle daemon alive."""
+        from cmc.runtime import release_memory
+
+        trimmed = (0, 0)
         while True:
             time.sleep(every)
             try:
@@ -119,6 +125,10 @@ class DaemonServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             except Exception as exc:  # never take the daemon down
                 print(f"{time.strftime('%F %T')} prefetch failed: {one_line(exc)}",
                       file=sys.stderr, flush=True)  # fmt: skip
+            work = (self.served, self.service.prefetched)
+            if work != trimmed and time.monotonic() - self.last_activity >= every:
+                release_memory()  # after work, between requests: freed buffers back to the OS
+                trimmed = work
 
     def memory_loop(self, every: float = 5.0, retry_s: float = 120.0) -> None:
         """Keep the memories of the repositories it served up to date (missing, or built for

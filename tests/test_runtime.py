@@ -227,18 +227,24 @@ def test_int8_products_keep_float32s_next_tokens(precision):
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
 @pytest.mark.parametrize("precision", ["float32", "int8", "int8w"])
 def test_a_loaded_model_keeps_no_map_of_its_weights_file(precision):
-    """The weights file is read through a memory map; what the model keeps must be its own
-    arrays, or the whole file stays resident (the base: 540 MB of a daemon's memory)."""
-    import gc
-
-    from cmc.runtime.llama import NumpyLlama
-
-    model = NumpyLlama(str(BUNDLED_MODEL), precision, "onnxruntime")
-    gc.collect()
-    assert "model.safetensors" not in Path("/proc/self/maps").read_text()
-    if precision == "int8w":  # the embedding table too is int8, a scale per row
-        assert model.embed is None and model._embed_q.dtype == np.int8
-    assert model.prefill(None, [1, 2, 3])[1].shape == (model.vocab_size,)
+    """What the model keeps must be its own arrays, not views of its weights file, or the whole
+    file stays resident (the base: 540 MB of a daemon's memory). In a fresh process: other
+    tests' torch loads map the same file."""
+    code = f"""
+import gc
+from pathlib import Path
+import numpy as np
+from cmc.runtime.llama import NumpyLlama
+model = NumpyLlama({str(BUNDLED_MODEL)!r}, {precision!r}, "onnxruntime")
+gc.collect()
+assert "model.safetensors" not in Path("/proc/self/maps").read_text()
+if {precision!r} == "int8w":  # the embedding table too is int8, a scale per row
+    assert model.embed is None and model._embed_q.dtype == np.int8
+assert model.prefill(None, [1, 2, 3])[1].shape == (model.vocab_size,)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
 @pytest.mark.slow

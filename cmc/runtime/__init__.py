@@ -10,3 +10,17 @@
 weight products on onnxruntime (int8 by default, `cmc.runtime.linear`) or numpy;
 `cmc.runtime.hf.TorchCausalLM` runs any transformers causal LM. `cmc.model.load_model` picks one.
 """
+
+
+def release_memory() -> None:
+    """Hand the C heap's free pages back to the system (glibc's ``malloc_trim``; elsewhere
+    nothing). A model's load and a long prompt leave freed buffers that glibc keeps: for the
+    pretrained base ~125 MB after a 400-token prompt. Takes 0.3-8 ms: never on a keystroke's path."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
