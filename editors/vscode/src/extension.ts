@@ -78,7 +78,10 @@ export function activate(context: vscode.ExtensionContext): void {
       const typed = typedBefore(document.getText(), document.offsetAt(position));
       const started = Date.now();
       const suggestion = await completer.suggest(root, typed);
-      log.info(`${root}: ${JSON.stringify(typed)} -> ${suggestion ? JSON.stringify(suggestion.text) + " (" + suggestion.source + ")" : "nothing"} in ${Date.now() - started} ms`);
+      const ms = Date.now() - started;
+      // what was typed and suggested only at the debug level: a log is no place for messages
+      log.info(`${root}: ${typed.length} typed -> ${suggestion ? suggestion.text.length + " from the " + suggestion.source : "nothing"} in ${ms} ms`);
+      log.debug(`${JSON.stringify(typed)} -> ${JSON.stringify(suggestion?.text ?? "")}`);
       if (!suggestion) {
         origin.hide();
         return undefined;
