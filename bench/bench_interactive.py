@@ -53,7 +53,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from cmc.settings import BUNDLED_MODEL
 
-    models = args.model or [str(BUNDLED_MODEL)]
+    models = [str(Path(m).resolve()) for m in args.model or [BUNDLED_MODEL]]
     figures = [measure(model, args) for model in models]
     if len(figures) > 1:
         print("\nratio to the first model (same run):")
