@@ -273,8 +273,13 @@ def hook_status(repo):
     click.echo(f"enabled: {'yes' if settings.enabled else 'no'}")
     click.echo(f"model: {settings.model or 'none (' + NO_MODEL_HELP + ')'}")
     if settings.model:
-        from cmc.model import runtime_for
+        from cmc.model import read_model_meta, runtime_for
 
+        meta = read_model_meta(settings.model)
+        base = meta.get("base") if isinstance(meta.get("base"), dict) else None
+        if base and base.get("name"):  # a model made from a pretrained base says which
+            tuned = f" (fine-tuned, step {meta['step']})" if meta.get("step") else ""
+            click.echo(f"base: {base['name']}{tuned}")
         click.echo(f"runtime: {runtime_for(settings.model)}")
     click.echo(f"timeout: {settings.timeout:g}s")
     click.echo(_memory_line(git_repo) if settings.memory else "memory: off (cmc.memory false)")

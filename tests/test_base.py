@@ -326,9 +326,35 @@ def test_the_cpu_recipe_converts_tokenizes_trains_and_resumes(tiny_gguf, tmp_pat
     assert meta["budget"]["diff_tokens"] == BASE_BUDGET["diff_tokens"]
     assert (out / "run" / "checkpoints" / "step-2").is_dir()
     assert (out / "run" / "model_init" / "NOTICE").is_file()
+    init_meta = json.loads((out / "run" / "model_init" / "cmc.json").read_text())
+    assert init_meta["base"]["name"] == "smollm2-135m-instruct"  # exports carry it on
     second = recipe(3)
     assert "resumed from" in second.stderr
     steps = [
         json.loads(x)["step"] for x in (out / "run" / "metrics.jsonl").read_text().splitlines()
     ]
     assert steps == [1, 2, 3]
+
+
+def test_hook_status_names_the_base_a_model_was_made_from(repo, tmp_path):
+    import shutil
+    import subprocess
+
+    from conftest import cmc_env, git
+
+    from cmc.model import update_model_meta
+    from cmc.settings import BUNDLED_MODEL
+
+    model = tmp_path / "tuned"
+    shutil.copytree(BUNDLED_MODEL, model)
+    git(repo, "config", "cmc.model", str(model))
+
+    def status() -> str:
+        done = subprocess.run(["cmc", "hook", "status"], cwd=repo, env=cmc_env(),
+                              capture_output=True, text=True)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert "base:" not in status()  # trained from scratch: no base to name
+    update_model_meta(model, base={"name": "smollm2-135m-instruct"}, step=375)
+    assert "base: smollm2-135m-instruct (fine-tuned, step 375)" in status().splitlines()

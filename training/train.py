@@ -104,7 +104,11 @@ def prepare_init(cfg: TrainConfig, out: Path, rank: int) -> Path:
 
         # The budget the data was cut with is the model's from now on (exports carry it along).
         data_meta = json.loads((Path(cfg.data) / "train.meta.json").read_text())
-        write_model_meta(tmp, Budget(**data_meta["budget"]))
+        from cmc.model import read_model_meta
+
+        # a pretrained base is named in every model made from it (`cmc hook status` says so)
+        base = read_model_meta(cfg.base).get("base") if cfg.base else None
+        write_model_meta(tmp, Budget(**data_meta["budget"]), **({"base": base} if base else {}))
         if cfg.base:
             from cmc.base import carry_notice
 
