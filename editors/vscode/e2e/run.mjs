@@ -1,10 +1,12 @@
 // The extension in a real VS Code in a real browser: code-server on 127.0.0.1 with its own user
 // data, extensions and config folders, the packaged .vsix installed into it, Debian's chromium
 // driven headless by playwright-core. A real repository with a staged change is opened; the test
-// types in the Source Control box, waits for cmc's ghost text, accepts it with Tab and checks the
-// box against `cmc complete` for the same prefix; then with nothing typed; then with cmc missing.
+// types in the Source Control box, waits for cmc's ghost text, accepts it with Tab, commits, and
+// checks the commit's message against `cmc complete` for the same prefix; then with nothing
+// typed; then with cmc missing.
 //
-//   npm run e2e            (after `bash e2e/setup.sh` and the README's set-up: `cmc` on PATH)
+//   npm run e2e    (runs e2e/setup.sh first, which installs once; needs the README's set-up:
+//                   `cmc` on PATH)
 //
 // Environment: CMC_E2E_CODE_SERVER (version, default 4.139.1), CMC_E2E_HOME (where setup.sh put
 // it), CMC_E2E_CHROMIUM (default: chromium on PATH), CMC_E2E_OUT (default e2e-out/),
