@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# What cmc caches (prepared int8w weights, converted bases) goes to this test session's own
+# folder, for every process the tests start: never into the user's ~/.cache.
+_CACHE = tempfile.mkdtemp(prefix="cmc-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, True)
 
 # A message the tiny model learns by heart, so completions of it can be checked exactly.
 LEARNED_MESSAGE = "Fix parser crash on empty configuration files"

@@ -8,6 +8,7 @@ with numpy's on real shapes; the whole model on both engines against transformer
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +233,64 @@ def test_released_memory_goes_back_to_the_system():
     release_memory()
     assert before - anon_mb() > 200, (before, anon_mb())
     assert len(kept) == 500
+
+
+def test_int8w_weights_are_prepared_once_and_read_back(tmp_path, monkeypatch):
+    """A cold load of an int8w model quantizes its weights once and keeps them; the next load
+    reads them back instead (nothing is quantized: the functions that would fail here), with
+    the same logits. A corrupt file is made again; changed weights have their own."""
+    import shutil
+
+    from cmc.runtime import linear, prepared
+    from cmc.runtime.llama import NumpyLlama
+    from cmc.settings import BUNDLED_MODEL
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    model = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, model)
+    ids = [5, 17, 300, 42]
+    first = NumpyLlama(model, "int8w").prefill(None, ids)[1]
+    kept = prepared.cache_path(model, "int8w")
+    assert kept.is_file() and kept.parent.stat().st_mode & 0o077 == 0  # private
+
+    def refuse(*_a, **_k):
+        raise AssertionError("quantized again")
+
+    with monkeypatch.context() as m:
+        m.setattr(linear, "quantize_blocks", refuse)
+        m.setattr(prepared, "quantize_rows", refuse)
+        again = NumpyLlama(model, "int8w").prefill(None, ids)[1]
+    np.testing.assert_array_equal(again, first)
+
+    kept.write_bytes(kept.read_bytes()[:1000])  # truncated: made again, and replaced
+    np.testing.assert_array_equal(NumpyLlama(model, "int8w").prefill(None, ids)[1], first)
+    assert kept.stat().st_size > 100_000
+
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert prepared.cache_path(model, "int8w") != kept  # other weights, another file
+    assert prepared.cache_path(model, "int8") != prepared.cache_path(model, "int8w")
+
+
+def test_only_the_newest_prepared_models_are_kept(tmp_path, monkeypatch):
+    import shutil
+    import time
+
+    from cmc.runtime import prepared
+    from cmc.runtime.llama import NumpyLlama
+    from cmc.settings import BUNDLED_MODEL
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    folder = prepared.cache_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    old = time.time() - 3600
+    for k in range(prepared.KEEP + 2):
+        stale = folder / f"stale{k}.npz"
+        stale.write_bytes(b"x")
+        os.utime(stale, (old + k, old + k))
+    model = tmp_path / "model"
+    shutil.copytree(BUNDLED_MODEL, model)
+    NumpyLlama(model, "int8w")
+    left = sorted(f.name for f in folder.glob("*.npz"))
+    assert len(left) == prepared.KEEP and prepared.cache_path(model, "int8w").name in left
+    assert "stale0.npz" not in left and f"stale{prepared.KEEP + 1}.npz" in left

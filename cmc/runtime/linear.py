@@ -137,10 +137,28 @@ def quantize_blocks(w: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.n
     return q.astype(np.uint8), scale.reshape(-1), zero.astype(np.uint8).reshape(-1)
 
 
-def _product(P, x: str, y: str, w: np.ndarray, bias: np.ndarray | None, precision: str,
-             tag: str = "") -> tuple[list, list]:  # fmt: skip
-    """The nodes and initializers of ``y = x @ w.T + bias`` in a graph (names prefixed ``tag``)."""
+@dataclass(frozen=True)
+class Blocks:
+    """A weight matrix (out, in) as ``int8w`` takes it (`quantize_blocks`): made from the float32
+    matrix, or read back from where an earlier process kept it (`cmc.runtime.prepared`)."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+    shape: tuple[int, int]
+
+    @classmethod
+    def of(cls, w: np.ndarray) -> Blocks:
+        return cls(*quantize_blocks(w), shape=(int(w.shape[0]), int(w.shape[1])))
+
+
+def _product(P, x: str, y: str, w: np.ndarray | Blocks, bias: np.ndarray | None,
+             precision: str, tag: str = "") -> tuple[list, list]:  # fmt: skip
+    """The nodes and initializers of ``y = x @ w.T + bias`` in a graph (names prefixed ``tag``);
+    ``w`` as `Blocks` for ``int8w`` only."""
     n = w.shape[0]
+    if isinstance(w, Blocks) and precision != "int8w":
+        raise ValueError(f"int8w blocks given for {precision} products")
     b = [tag + "b"] if bias is not None else []
     inits = [P.tensor(tag + "b", bias.astype(np.float32))] if bias is not None else []
     if precision == "int8":
@@ -159,10 +177,11 @@ def _product(P, x: str, y: str, w: np.ndarray, bias: np.ndarray | None, precisio
             ),
         ]
     elif precision == "int8w":
-        # int8 weights, a scale per 32 inputs, float32 activations: for models whose activations
-        # have outlier channels (the pretrained base), where quantizing each row as a whole fails
-        q, scale, zero = quantize_blocks(w)
-        inits += [P.tensor(tag + "q", q), P.tensor(tag + "s", scale), P.tensor(tag + "z", zero)]
+        # int8 weights, a scale per 32 inputs: for models whose activations have outlier
+        # channels (the pretrained base), where quantizing each activation row as a whole fails
+        blocks = w if isinstance(w, Blocks) else Blocks.of(w)
+        inits += [P.tensor(tag + "q", blocks.q), P.tensor(tag + "s", blocks.scale),
+                  P.tensor(tag + "z", blocks.zero)]  # fmt: skip
         nodes = [
             P.node(
                 "MatMulNBits",

@@ -18,21 +18,24 @@ daemon's prompt cache keeps them without copying.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from cmc.runtime.linear import (
+    Blocks,
     Linear,
     NumpyLinear,
     Tail,
     TailWeights,
     linear_factory,
-    quantize_rows,
     rms_norm,
     tail_factory,
 )
+from cmc.runtime.prepared import Prepared
 from cmc.runtime.weights import read_weights
 
 ARCHITECTURES = ("LlamaForCausalLM",)
@@ -120,40 +123,49 @@ class NumpyLlama:
 
         w = read_weights(folder)
 
-        def take(name: str, keep: bool = False) -> np.ndarray:
-            """A tensor; ``keep``: a copy, for what the model holds on to as it is (a view would
-            keep the whole weights file mapped: 540 MB of the base's resident memory)."""
+        def take(name: str) -> np.ndarray:
+            """A tensor, read now into an array of its own (`read_weights`: nothing stays mapped)."""
             try:
-                arr = w.pop(name)
+                return w.pop(name)
             except KeyError:
                 raise ValueError(f"weights lack {name}") from None
-            return np.array(arr) if keep else arr
 
-        embed = take("model.embed_tokens.weight")
-        if self.precision == "int8w":
+        # int8w: the quantized weights an earlier load kept, where they are (`Prepared`)
+        store = Prepared(folder, self.precision) if self.precision == "int8w" else None
+        embed_float = cache(lambda: take("model.embed_tokens.weight"))
+
+        def matrix(name: str, weight: Callable[[], np.ndarray]) -> np.ndarray | Blocks:
+            return store.blocks(name, weight) if store else weight()
+
+        tied = "lm_head.weight" not in w
+        if tied and not cfg.get("tie_word_embeddings", True):
+            raise ValueError("weights lack lm_head.weight")
+        if store:
             # rows looked up by token: int8 with a scale per row, made float32 on lookup (the
             # base's 49k x 576 table: 113 MB in float32, 28 MB so)
-            self._embed_q, self._embed_scale = quantize_rows(embed, levels=127)
+            self._embed_q, self._embed_scale = store.rows("embed", embed_float)
             self.embed: np.ndarray | None = None
+            embed_shape = self._embed_q.shape
         else:
-            self.embed = np.array(embed)
-        head = w.pop("lm_head.weight", None)
-        if head is None and not cfg.get("tie_word_embeddings", True):
-            raise ValueError("weights lack lm_head.weight")
-        head_rows = embed if head is None else head  # (vocab, hidden)
-        self.vocab_size = head_rows.shape[0]
-        count = embed.size + (0 if head is None else head.size)
+            self.embed = embed_float()
+            embed_shape = self.embed.shape
+        count = embed_shape[0] * embed_shape[1]
         if make is NumpyLinear:
             # The head in both layouts (measured here: one row is fastest against (hidden,
             # vocab), a batch of beams against (vocab, hidden), ~1.5x each way); tied: the second
             # is the embedding itself.
-            self.head_rows: np.ndarray | None = self.embed if head is None else np.array(head)
+            self.head_rows: np.ndarray | None = self.embed if tied else take("lm_head.weight")
             self._head_cols: np.ndarray | None = None  # made on the first one-row step
             self.head: Linear | None = None
+            head_shape = self.head_rows.shape
         else:
             self.head_rows = None
-            self.head = make(head_rows)
-        self.norm = take("model.norm.weight", keep=True)
+            head = matrix("head", embed_float if tied else lambda: take("lm_head.weight"))
+            self.head = make(head)
+            head_shape = head.shape
+        self.vocab_size = head_shape[0]
+        count += 0 if tied else head_shape[0] * head_shape[1]
+        self.norm = take("model.norm.weight")
         count += self.norm.size
         self.layers = []
         for i in range(cfg["num_hidden_layers"]):
@@ -161,24 +173,27 @@ class NumpyLlama:
             a, m = p + "self_attn.", p + "mlp."
             attn_bias, mlp_bias = cfg.get("attention_bias"), cfg.get("mlp_bias")
 
-            def stacked(names: list[str], with_bias: bool):
+            def stacked(part: str, names: list[str], with_bias: bool, layer: str = p):
                 nonlocal count
-                w = np.concatenate([take(n + ".weight") for n in names])  # (out, in)
+                mat = matrix(layer + part,  # (out, in): the named matrices stacked
+                             lambda: np.concatenate([take(n + ".weight") for n in names]))  # fmt: skip
                 b = np.concatenate([take(n + ".bias") for n in names]) if with_bias else None
-                count += w.size + (0 if b is None else b.size)
-                return w, b
+                count += mat.shape[0] * mat.shape[1] + (0 if b is None else b.size)
+                return mat, b
 
-            norm_in = take(p + "input_layernorm.weight", keep=True)
-            norm_post = take(p + "post_attention_layernorm.weight", keep=True)
+            norm_in = take(p + "input_layernorm.weight")
+            norm_post = take(p + "post_attention_layernorm.weight")
             count += norm_in.size + norm_post.size
-            qkv = make(*stacked([a + f"{x}_proj" for x in "qkv"], attn_bias))
-            o, o_bias = stacked([a + "o_proj"], attn_bias)
-            gate_up, gate_up_bias = stacked([m + "gate_proj", m + "up_proj"], mlp_bias)
-            down, down_bias = stacked([m + "down_proj"], mlp_bias)
+            qkv = make(*stacked("qkv", [a + f"{x}_proj" for x in "qkv"], attn_bias))
+            o, o_bias = stacked("o", [a + "o_proj"], attn_bias)
+            gate_up, gate_up_bias = stacked("gate_up", [m + "gate_proj", m + "up_proj"], mlp_bias)
+            down, down_bias = stacked("down", [m + "down_proj"], mlp_bias)
             tail = make_tail(TailWeights(o, o_bias, norm_post, gate_up, gate_up_bias, down,
                                          down_bias, self.eps))  # fmt: skip
             self.layers.append(_Layer(norm_in, qkv, tail))
         self.num_parameters = count
+        if store:
+            store.save()  # what this load quantized, for the next cold one
 
     # --- pieces ---------------------------------------------------------------------------------
 
