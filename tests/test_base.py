@@ -234,6 +234,14 @@ def test_the_base_is_converted_once_and_cached(tiny_gguf, tmp_path):
     again = base_folder(path, root=tmp_path)
     assert again == first and (again / "model.safetensors").stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no conversion left behind
+    # a folder an earlier cmc converted (no precision recorded: int8 would have run it) is
+    # converted again, in place
+    meta = json.loads((first / "cmc.json").read_text())
+    del meta["conversion"], meta["precision"]
+    (first / "cmc.json").write_text(json.dumps(meta))
+    redone = base_folder(path, root=tmp_path)
+    assert redone == first and json.loads((redone / "cmc.json").read_text())["precision"] == "int8w"
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]
 
 
 def test_a_derived_model_carries_the_licence_and_notice(tiny_gguf, tmp_path):
