@@ -83,8 +83,9 @@ def _license_text() -> str | None:
 
 
 def cache_root() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "cmc" / "base"
+    from cmc.settings import cache_home
+
+    return cache_home() / "base"
 
 
 def _fingerprint(path: Path) -> str:

@@ -45,6 +45,13 @@ ENVIRONMENT = {
 }
 
 BUNDLED_MODEL = Path(__file__).parent / "default_model"
+
+
+def cache_home() -> Path:
+    """``$XDG_CACHE_HOME/cmc`` (``~/.cache/cmc``): where cmc keeps what it can make again."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "cmc"
+
+
 NO_MODEL_HELP = (
     "no model available: pass --model PATH, or run `git config cmc.model PATH` "
     "(a transformers save_pretrained folder or hub id), or `cmc train` in this repository"

@@ -29,8 +29,9 @@ KEEP = 4  # prepared models kept; the oldest go (each export of a training run i
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "cmc" / "prepared"
+    from cmc.settings import cache_home
+
+    return cache_home() / "prepared"
 
 
 def _weight_files(folder: Path) -> list[Path]:
