@@ -28,7 +28,7 @@ def check_runtime(folder: Path, probe: int = 48, atol: float = 1e-3) -> dict:
 
     lean = NumpyLlama(folder)
     ref = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-    ids = [(7 * i + 3) % lean.vocab_size for i in range(probe)]
+    ids = probe_ids(folder, probe)
     with torch.no_grad():
         want = ref(input_ids=torch.tensor([ids])).logits[0, -1].numpy()
     exact = lean.prefill(None, ids)[1]
@@ -36,6 +36,34 @@ def check_runtime(folder: Path, probe: int = 48, atol: float = 1e-3) -> dict:
     if diff > atol:
         return {"name": "transformers", "why": f"numpy logits differ by {diff:.2g}"}
     return {"name": "numpy", "max_logit_diff": diff, **check_int8(folder, ids, exact)}
+
+
+PROBE_DIFF = """diff --git a/src/parser.py b/src/parser.py
+--- a/src/parser.py
++++ b/src/parser.py
+@@ -10,7 +10,9 @@ def parse_lines(text):
+     rows = []
+     for line in text.splitlines():
+-        rows.append(line.split(","))
++        if line.startswith("#"):
++            continue
++        rows.append([cell.strip() for cell in line.split(",")])
+     return rows
+"""
+PROBE_HISTORY = ["Add a CSV parser for the import command", "Fix the import of empty files"]
+
+
+def probe_ids(folder: Path, length: int) -> list[int]:
+    """The last ``length`` tokens of a real prompt (a small diff, two earlier messages and a typed
+    start) as cmc builds it for this model: a model's precision is judged where it will run, on
+    text (a sequence of arbitrary tokens gives flat logits whose top token is a coin toss)."""
+    from cmc.model import load_tokenizer
+    from cmc.prompt import build_prompt
+
+    tokenizer, budget = load_tokenizer(str(folder))
+    prompt = build_prompt(tokenizer, PROBE_DIFF, PROBE_HISTORY, "Skip comment", finished=False,
+                          budget=budget)  # fmt: skip
+    return prompt.input_ids[-length:]
 
 
 def check_int8(folder: Path, ids: list[int], exact, min_corr: float = 0.995) -> dict:
