@@ -1,6 +1,6 @@
 """Interactive speed: per-keystroke completion and `git commit`, warm vs cold, per model.
 
-    python bench/bench_interactive.py [--commits 5] [--cold 3] [--model PATH ...]
+    python bench/bench_interactive.py [--commits 5] [--cold 3] [--model PATH[,MESSAGE_PATH] ...]
 
 A real staged diff (a change to one of cmc's own source files in a temp repository), a message typed
 one character at a time against a warm daemon (private socket in the temp folder), then `git commit`
@@ -8,7 +8,9 @@ with the hook: disabled (baseline), cold (no daemon), warm (daemon; `git commit`
 `git add`, the time the daemon has to compute the hook's answer before it is asked), and the
 daemon's resident memory (peak and at the end). Prints medians, p95 and the warm/cold ratios, all
 from this one run; with several ``--model`` (the bundled model first when none is named), one block
-per model and a last table of each figure's ratio to the first model's.
+per model and a last table of each figure's ratio to the first model's. ``--model A,B`` measures
+the two-model stage: A serves keystrokes (`cmc.model`), B whole messages (`cmc.messageModel`: the
+hook, the cold whole suggestion).
 """
 
 from __future__ import annotations
@@ -47,13 +49,15 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--commits", type=int, default=5)
     ap.add_argument("--cold", type=int, default=3)
-    ap.add_argument("--model", action="append", help="a model folder (repeat; default: bundled)")
+    ap.add_argument("--model", action="append",
+                    help="a model folder, or KEYSTROKES,MESSAGES (repeat; default: bundled)")  # fmt: skip
     ap.add_argument("--after-add", type=float, default=1.0, help="seconds from git add to commit")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
     from cmc.settings import BUNDLED_MODEL
 
-    models = [str(Path(m).resolve()) for m in args.model or [BUNDLED_MODEL]]
+    models = [",".join(str(Path(p).resolve()) for p in str(m).split(","))
+              for m in args.model or [BUNDLED_MODEL]]  # fmt: skip
     figures = [measure(model, args) for model in models]
     if len(figures) > 1:
         print("\nratio to the first model (same run):")
@@ -81,12 +85,14 @@ def measure(model: str, args) -> dict:
         env.pop("CMC_DISABLE", None)
         env.pop("CMC_NO_DAEMON", None)
         subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
+        keystrokes_model, _, message_model = model.partition(",")
         for k, v in (
             ("user.name", "Bench"),
             ("user.email", "bench@example.com"),
             ("cmc.timeout", "60"),
             ("cmc.daemon", "false"),
-            ("cmc.model", model),
+            ("cmc.model", keystrokes_model),
+            *([("cmc.messageModel", message_model)] if message_model else []),
         ):
             subprocess.run(["git", "config", k, v], cwd=repo, check=True)
         target = repo / "cmc" / "diffs.py"

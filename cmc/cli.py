@@ -273,19 +273,32 @@ def hook_status(repo):
     click.echo(f"enabled: {'yes' if settings.enabled else 'no'}")
     click.echo(f"model: {settings.model or 'none (' + NO_MODEL_HELP + ')'}")
     if settings.model:
-        from cmc.model import read_model_meta, runtime_for
-
-        meta = read_model_meta(settings.model)
-        base = meta.get("base") if isinstance(meta.get("base"), dict) else None
-        if base and base.get("name"):  # a model made from a pretrained base says which
-            tuned = f" (fine-tuned, step {meta['step']})" if meta.get("step") else ""
-            click.echo(f"base: {base['name']}{tuned}")
-        click.echo(f"runtime: {runtime_for(settings.model)}")
+        _echo_model(settings.model)
+    if settings.message_model:  # a second model writes whole messages (cmc.messageModel)
+        click.echo(f"message model: {settings.message_model}")
+        _echo_model(settings.message_model)
     click.echo(f"timeout: {settings.timeout:g}s")
     click.echo(_memory_line(git_repo) if settings.memory else "memory: off (cmc.memory false)")
     from cmc.learn import status_line
 
     click.echo(status_line(git_repo, settings))
+
+
+def _echo_model(spec: str) -> None:
+    """What `cmc hook status` says of a model: its pretrained base, if any, and its runtime."""
+    from cmc.model import read_model_meta, runtime_for
+
+    try:
+        meta = read_model_meta(spec)
+        runtime = runtime_for(spec)
+    except (CmcError, OSError, ValueError) as exc:
+        click.echo(f"  unusable: {exc}")
+        return
+    base = meta.get("base") if isinstance(meta.get("base"), dict) else None
+    if base and base.get("name"):  # a model made from a pretrained base says which
+        tuned = f" (fine-tuned, step {meta['step']})" if meta.get("step") else ""
+        click.echo(f"base: {base['name']}{tuned}")
+    click.echo(f"runtime: {runtime}")
 
 
 @hook.command("run", hidden=True)

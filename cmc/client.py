@@ -243,7 +243,7 @@ def complete(
         from cmc.complete import complete_context, context_from_repo, wants_file_history
         from cmc.model import load_model
 
-        lm = load_model(settings.model)
+        lm = load_model(settings.model_for(whole=not decode.stop_at_newline))
         context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
         return complete_context(lm, context, typed, decode)
 

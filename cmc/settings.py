@@ -7,6 +7,12 @@ sends the daemon everything it needs; the daemon never reads configuration itsel
 
 Model resolution: ``--model`` flag > ``git config cmc.model`` > this repository's personalized model
 (``$GIT_DIR/cmc/model``, written by ``cmc train``) > the default model bundled in the package.
+
+Two models: ``git config cmc.messageModel`` names a second model that writes whole messages (the
+hook, ``cmc complete``, editors' ghost text of the message box) while the model above keeps serving
+keystrokes (the language server's one-line completions); a larger model whose per-token cost is too
+high for a keystroke can then write the message the daemon computes after ``git add``. A ``--model``
+flag means that one model for everything.
 """
 
 from __future__ import annotations
@@ -236,6 +242,7 @@ class Settings:
     """What cmc does in one repository, resolved from git config, the environment and flags."""
 
     model: str  # resolved spec; "" when none is available
+    message_model: str = ""  # cmc.messageModel: whole messages; "" = `model` (see `model_for`)
     enabled: bool = True
     history: bool = True
     daemon: bool = True
@@ -271,6 +278,7 @@ class Settings:
             )
         return cls(
             model=resolved,
+            message_model="" if model else (cfg.get("cmc.messageModel") or "").strip(),
             enabled=cfg.boolean("cmc.enabled", True) and not disabled_by_env(),
             history=cfg.boolean("cmc.history", True) if history is None else history,
             daemon=cfg.boolean("cmc.daemon", True),
@@ -289,10 +297,16 @@ class Settings:
             ticket_pattern=_regex(cfg.get("cmc.ticketPattern")) or DEFAULT_TICKET_PATTERN,
         )
 
+    def model_for(self, whole: bool) -> str:
+        """The model spec of a request: ``message_model`` writes whole messages (requests that are
+        not one line at a time) where it is set, ``model`` everything else."""
+        return (self.message_model or self.model) if whole else self.model
+
     def to_json(self) -> dict:
         """The settings as the daemon receives them (it reads no configuration itself)."""
         return {
             "model": self.model,
+            "message_model": self.message_model,
             "history": self.history,
             "memory": self.memory,
             "learn": self.learn,
@@ -310,6 +324,9 @@ class Settings:
         model, history, exclude = data.get("model"), data.get("history"), data.get("exclude", [])
         if not isinstance(model, str) or not model:
             raise ValueError("settings.model must be a model path or hub id")
+        message_model = data.get("message_model", "")
+        if not isinstance(message_model, str):
+            raise ValueError("settings.message_model must be a model path or hub id, or empty")
         if not isinstance(history, bool):
             raise ValueError("settings.history must be true or false")
         memory, learn = data.get("memory", True), data.get("learn", True)
@@ -323,7 +340,7 @@ class Settings:
         author = [data.get("author_name"), data.get("author_email")]
         if not all(a is None or isinstance(a, str) for a in author):
             raise ValueError("settings.author_name and author_email must be strings")
-        return cls(model=model, history=history, memory=memory, learn=learn, learn_steps=steps,
+        return cls(model=model, message_model=message_model, history=history, memory=memory, learn=learn, learn_steps=steps,
                    exclude=tuple(exclude), author_name=author[0], author_email=author[1])  # fmt: skip
 
 

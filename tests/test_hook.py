@@ -504,3 +504,56 @@ def test_the_hooks_own_entry_never_fails_a_commit_on_a_wrong_call(repo: Path, tm
         assert out.returncode == 0 and out.stderr.startswith("cmc: usage:"), (args, out.stderr)
         assert out.stderr.count("\n") == 1 and msg.read_text() == "keep me\n"
     assert ' -P -m cmc.hook run "$@"' in hook_mod.hook_script()  # not the CLI: ~40 ms a commit
+
+
+# --- two models: one for whole messages, one for keystrokes -----------------------------------------
+
+OTHER_MESSAGE = "Return an empty list for empty parser input"
+
+
+@pytest.fixture(scope="module")
+def message_model(tmp_path_factory) -> Path:
+    """A second tiny model, trained here to write another message for the same change."""
+    from conftest import learned_diff, overfit_model
+
+    return overfit_model(tmp_path_factory.mktemp("models") / "other", learned_diff(), OTHER_MESSAGE)
+
+
+def test_a_message_model_writes_the_commit_and_the_model_keeps_the_keystrokes(
+    hooked_repo: Path, tmp_path: Path, tiny_model: Path, message_model: Path
+):
+    """`cmc.messageModel`: the hook's whole message (a real `git commit`) and `cmc complete` come
+    from it; the language server's one-line completions still from `cmc.model`; a --model flag
+    means one model for everything; `cmc hook status` names both."""
+    from cmc.decoding import KEYSTROKE, DecodeSettings
+    from cmc.protocol import CompleteRequest
+    from cmc.service import CompletionService
+    from cmc.settings import Settings
+
+    git(hooked_repo, "config", "cmc.messageModel", str(message_model))
+    staged_parser_change(hooked_repo)
+    status = cmc(hooked_repo, "hook", "status").stdout
+    assert f"model: {tiny_model}\n" in status and f"message model: {message_model}\n" in status
+    out = cmc(hooked_repo, "complete", "--json", "--beams", "1")
+    assert out.returncode == 0, out.stderr
+    import json
+
+    answer = json.loads(out.stdout)
+    assert answer["candidates"][0]["message"] == OTHER_MESSAGE
+    flagged = json.loads(cmc(hooked_repo, "complete", "--json", "--beams", "1", "--model",
+                             str(tiny_model)).stdout)  # fmt: skip
+    assert flagged["candidates"][0]["message"] == LEARNED_MESSAGE
+    settings = Settings.load(hooked_repo, hooked_repo / ".git")
+    service = CompletionService()  # what the daemon and the language server run
+    whole, _ = service.complete(CompleteRequest(str(hooked_repo), "", settings,
+                                                DecodeSettings(num_beams=1, max_new_tokens=16)))  # fmt: skip
+    line, _ = service.complete(CompleteRequest(str(hooked_repo), "", settings, KEYSTROKE))
+    assert whole.candidates[0].message == OTHER_MESSAGE
+    assert line.candidates[0].message == LEARNED_MESSAGE
+    assert Settings.from_json(settings.to_json()).message_model == str(message_model)  # daemon's
+    with pytest.raises(ValueError, match="message_model"):
+        Settings.from_json({**settings.to_json(), "message_model": 3})
+    editor, seen = editor_script(tmp_path)
+    result = commit(hooked_repo, editor=editor)
+    assert result.returncode == 0, result.stderr
+    assert last_message(hooked_repo) == OTHER_MESSAGE
