@@ -247,6 +247,30 @@ def checkpoint_export(path, out, dtype):
     click.echo(f"exported → {folder}", err=True)
 
 
+@checkpoint.command("delta")
+@click.argument("model", type=click.Path(exists=True, file_okay=False))
+@click.option("--base", "base", type=click.Path(exists=True, file_okay=False), default=None,
+              help="The base's model folder (default: the installed base, `cmc base`).")  # fmt: skip
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="Delta folder to write."
+)
+@click.option("--int4", "int4", multiple=True, metavar="TENSOR",
+              help="A tensor kept in int4 rather than int8 (repeatable).")  # fmt: skip
+def checkpoint_delta(model, base, out, int4):
+    """Write what the exported MODEL changed from its pretrained base (`cmc.delta`): shipped in
+    place of the model, which is built from base + delta on first use."""
+    from cmc.delta import write_delta
+
+    if base is None:
+        from cmc.base import base_folder
+
+        base = base_folder()
+    stats = write_delta(base, model, out, low_bits=tuple(int4))
+    click.echo(f"{stats['tensors']} tensors, {stats['values'] / 1e6:.1f}M values → "
+               f"{stats['bytes'] / 2**20:.1f} MiB in {out} (largest error {stats['max_error']:.2g})",
+               err=True)  # fmt: skip
+
+
 @click.command("eval")
 @click.option(
     "--data", required=True, help="Processed dataset folder (cmc data process) or a parquet file."
