@@ -556,4 +556,5 @@ def test_a_message_model_writes_the_commit_and_the_model_keeps_the_keystrokes(
     editor, seen = editor_script(tmp_path)
     result = commit(hooked_repo, editor=editor)
     assert result.returncode == 0, result.stderr
+    assert seen.read_text().split("\n")[0] == OTHER_MESSAGE  # what the hook put before the editor
     assert last_message(hooked_repo) == OTHER_MESSAGE
