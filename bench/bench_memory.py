@@ -164,11 +164,15 @@ def quality(data: str, repos: str, limit: int, out: Path, split: str) -> None:
     print("| arm | 0% | 25% | 50% |\n|---|---|---|---|\n" + "\n".join(rows))
 
 
-def fit(data: str, repos: str, per_repo: int, out: Path, split: str) -> None:
+def fit(
+    data: str, repos: str, per_repo: int, out: Path, split: str, model: str | None = None
+) -> None:
     """Fit the chooser's weights (`cmc.recalled.WEIGHTS`): for ``per_repo`` commits of each
     repository of ``split`` (repositories no model has seen, never the test ones), the model's
     candidates and the memory's at 0 / 25 / 50% typed, each scored by B-Norm against the real
-    message; a ridge regression on `cmc.recalled._features`, checked leaving one repository out."""
+    message; a ridge regression on `cmc.recalled._features`, checked leaving one repository out.
+    ``model``: a model folder other than the bundled one (its weights go in its ``cmc.json`` as
+    ``chooser``: each model's scores are on their own scale)."""
     import json
     import random
     from collections import defaultdict
@@ -187,7 +191,7 @@ def fit(data: str, repos: str, per_repo: int, out: Path, split: str) -> None:
         by_repo[row["repo"]].append(row)
     rng = random.Random(0)
     sample = [r for repo in sorted(by_repo) for r in rng.sample(by_repo[repo], min(per_repo, len(by_repo[repo])))]  # fmt: skip
-    lm, memories = load_model(str(BUNDLED_MODEL)), RowMemories()
+    lm, memories = load_model(model or str(BUNDLED_MODEL)), RowMemories()
     out.mkdir(parents=True, exist_ok=True)
     dump = out / "fit-options.jsonl"
     examples = []  # (repo, ratio, features, labels)
@@ -245,9 +249,10 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-memory")
     ap.add_argument("--fit", metavar="DATA", help="fit the chooser on DATA's --split instead")
     ap.add_argument("--per-repo", type=int, default=15, help="with --fit: commits per repository")
+    ap.add_argument("--model", help="with --fit: the model folder (default: the bundled model)")
     args = ap.parse_args()
     if args.fit:
-        fit(args.fit, args.repos, args.per_repo, args.out, args.split)
+        fit(args.fit, args.repos, args.per_repo, args.out, args.split, args.model)
         return 0
     if args.quality:
         quality(args.quality, args.repos, args.limit, args.out, args.split)

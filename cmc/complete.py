@@ -199,7 +199,8 @@ def complete_context(
             offered = fitted(offered, typed, support)
         if settings.stop_at_newline:  # one line at a time: the rest of the typed line only
             offered = [r for r in offered if "\n" not in r.continuation.rstrip()]
-        candidates = choose(candidates, offered, typed, context.history, settings.num_candidates)
+        candidates = choose(candidates, offered, typed, context.history, settings.num_candidates,
+                            lm.chooser)  # fmt: skip
     from cmc.secrets import leaks
 
     # The last guard: nothing that looks like a secret reaches a user, whatever made it.

@@ -33,6 +33,7 @@ class LoadedModel:
     model: Any  # a runtime: NumpyLlama or TorchCausalLM (prefill / beams / step)
     tokenizer: Any
     budget: Budget
+    chooser: tuple[float, ...] | None = None  # its own chooser weights (`read_chooser`)
 
 
 _LOADED: dict[str, LoadedModel] = {}
@@ -72,6 +73,21 @@ def read_budget(path: str | os.PathLike) -> Budget:
     """The prompt budget a model was trained with (its ``cmc.json``), or the defaults."""
     data = read_model_meta(path).get("budget", {})
     return Budget(**{k: v for k, v in data.items() if k in Budget.__dataclass_fields__})
+
+
+def read_chooser(path: str | os.PathLike) -> tuple[float, ...] | None:
+    """The chooser's weights fitted to this model's scores (``chooser`` in its ``cmc.json``;
+    `cmc.recalled.WEIGHTS` when absent): a model's log-probabilities are on its own scale, so a
+    pretrained base is weighed against the memory by weights fitted to it."""
+    from cmc.recalled import WEIGHTS
+
+    found = read_model_meta(path).get("chooser")
+    if found is None:
+        return None
+    if (not isinstance(found, list) or len(found) != len(WEIGHTS)
+            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in found)):  # fmt: skip
+        raise CmcError(f"model {path}: cmc.json's chooser must be {len(WEIGHTS)} numbers")
+    return tuple(float(w) for w in found)
 
 
 def check_model_spec(spec: str) -> Path:
@@ -151,7 +167,7 @@ def _load_lean(spec: str, local: Path) -> LoadedModel:
         model = NumpyLlama(local, precision)
     except Exception as exc:  # corrupt safetensors, a bad config: one line
         raise CmcError(f"cannot load model {spec}: {one_line(exc)}") from exc
-    return LoadedModel(spec, model, tokenizer, read_budget(local))
+    return LoadedModel(spec, model, tokenizer, read_budget(local), read_chooser(local))
 
 
 def load_tokenizer(spec: str) -> tuple[Any, Budget]:
@@ -244,8 +260,10 @@ def _load_transformers(spec: str, local: Path, why: str | None = None) -> Loaded
     from cmc.runtime.hf import TorchCausalLM, TorchSeq2Seq
 
     budget = read_budget(source) if local.exists() else DEFAULT_BUDGET
+    chooser = read_chooser(local) if local.exists() else None
     if config.is_encoder_decoder:
         if tokenizer.eos_token_id is None or tokenizer.bos_token_id is None:
             raise CmcError(f"model {spec}: its tokenizer lacks the BOS/EOS tokens of the layout")
-        return LoadedModel(spec, TorchSeq2Seq(model, tokenizer.eos_token_id), tokenizer, budget)
-    return LoadedModel(spec, TorchCausalLM(model), tokenizer, budget)
+        return LoadedModel(spec, TorchSeq2Seq(model, tokenizer.eos_token_id), tokenizer, budget,
+                           chooser)  # fmt: skip
+    return LoadedModel(spec, TorchCausalLM(model), tokenizer, budget, chooser)

@@ -214,13 +214,15 @@ def options(model: list[Candidate], recalled: list[Recalled], typed: str) -> lis
 
 
 def choose(model: list[Candidate], recalled: list[Recalled], typed: str, history: list[str],
-           n: int) -> list[Candidate]:  # fmt: skip
-    """At most ``n`` distinct candidates, best first by the fitted estimate (`WEIGHTS`); the
-    model's beyond its first three follow in its own order."""
+           n: int, weights: tuple[float, ...] | None = None) -> list[Candidate]:  # fmt: skip
+    """At most ``n`` distinct candidates, best first by the fitted estimate (``weights``: the
+    model's own, `cmc.model.read_chooser`, else `WEIGHTS`); the model's beyond its first three
+    follow in its own order."""
     opts = options(model, recalled, typed)
     if not any(o.kind != "model" for o in opts):
         return model[:n]
-    estimate = [sum(w * x for w, x in zip(WEIGHTS, row)) for row in _features(opts, history)]
+    weights = weights or WEIGHTS
+    estimate = [sum(w * x for w, x in zip(weights, row)) for row in _features(opts, history)]
     ranked = [opts[i].candidate for i in sorted(range(len(opts)), key=lambda i: -estimate[i])]
     out: list[Candidate] = []
     seen: set[str] = set()

@@ -312,3 +312,42 @@ def test_the_daemon_builds_the_memory_in_the_background(tmp_path: Path, tiny_mod
             time.sleep(0.2)
     finally:
         d.kill()
+
+
+def test_a_model_brings_its_own_chooser_weights(tmp_path: Path, tiny_model: Path):
+    """A model's `cmc.json` may carry the chooser's weights fitted to its own scores: they, not
+    `recalled.WEIGHTS`, order the model's candidates against the memory's; a malformed list is
+    one line at load."""
+    import json
+    import shutil
+
+    from cmc import CmcError
+    from cmc.decoding import Candidate
+    from cmc.model import load_model
+
+    model = [Candidate("Fix the parser", "Fix the parser", -0.1)]
+    memory = [recalled.Recalled("parser: handle token case 3", "parser: handle token case 3",
+                                0.2, "nearest")]  # fmt: skip
+    # weights of only a bias for the memory's nearest kind (KINDS: model, nearest, prefix, infix)
+    favour_memory = [0.0] * len(recalled.WEIGHTS)
+    favour_memory[1] = 10.0
+    favour_model = [0.0] * len(recalled.WEIGHTS)
+    favour_model[0] = 10.0
+    assert (
+        recalled.choose(model, memory, "", [], 2, tuple(favour_memory))[0].message
+        == memory[0].message
+    )
+    assert (
+        recalled.choose(model, memory, "", [], 2, tuple(favour_model))[0].message
+        == "Fix the parser"
+    )
+    folder = tmp_path / "own"
+    shutil.copytree(tiny_model, folder)
+    (folder / "cmc.json").write_text(json.dumps({"chooser": favour_memory}))
+    assert load_model(str(folder)).chooser == tuple(favour_memory)
+    assert load_model(str(tiny_model)).chooser is None  # the shipped weights
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_model, bad)
+    (bad / "cmc.json").write_text(json.dumps({"chooser": [1.0, 2.0]}))
+    with pytest.raises(CmcError, match="chooser must be 18 numbers"):
+        load_model(str(bad))
