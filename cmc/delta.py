@@ -7,8 +7,9 @@ once, on this machine, and cached like the base's conversion.
     write_delta(base_dir, tuned_dir, out_dir)   # what `cmc checkpoint delta` writes
     built = delta_model(out_dir)                 # base + delta, built on first use, then cached
 
-The delta records the base it was made against (its GGUF's name and size); building it on another
-base is an error, not a silently different model.
+The delta records the base it was made against (its name and GGUF as the base's ``cmc.json`` has
+them, and a digest of its norm vectors' contents); building it on another base is an error, not a
+silently different model.
 """
 
 from __future__ import annotations
