@@ -187,10 +187,9 @@ def delta_model(delta: str | Path, base: str | Path | None = None,
 
         base = base_folder()
     base = Path(base)
-    digest = hashlib.sha256()
-    for path in (delta / DELTA_FILE, delta / "cmc.json"):
-        digest.update(path.read_bytes() if path.name == "cmc.json" else
-                      f"{path.stat().st_size}:{path.stat().st_mtime_ns}".encode())  # fmt: skip
+    weights = (delta / DELTA_FILE).stat()
+    digest = hashlib.sha256(f"{weights.st_size}:{weights.st_mtime_ns}".encode())
+    digest.update((delta / "cmc.json").read_bytes())
     digest.update(_base_record(base)["weights"].encode())
     folder = Path(root or cache_home() / "models") / f"{delta.name}-{digest.hexdigest()[:12]}"
     if (folder / "config.json").is_file():

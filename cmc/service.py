@@ -93,11 +93,11 @@ class CompletionService:
             with self._count:
                 self.waiting -= 1
 
-    def _entry(self, repo: Any, settings: Any, spec: str, lm: Any) -> tuple[tuple, _RepoEntry]:
+    def _entry(self, repo: Any, settings: Any, lm: Any) -> tuple[tuple, _RepoEntry]:
         from cmc import memory
         from cmc.decoding.beam import PromptCache
 
-        key = (str(repo.git_dir), settings, spec)  # each model its own context and prompt cache
+        key = (str(repo.git_dir), settings, lm.name)  # each model its own context and prompt cache
         self.seen[str(repo.cwd)] = settings
         # The memory's file too: a build finished in the background changes what is recalled.
         state = (repo.index_state(), memory.stamp(repo.common_dir) if settings.memory else None)
@@ -125,9 +125,8 @@ class CompletionService:
 
         settings, decode = request.settings, request.decode
         repo = repo_at(request.repo)
-        spec = settings.model_for(whole=not decode.stop_at_newline)
-        lm = load_model(spec)
-        key, entry = self._entry(repo, settings, spec, lm)
+        lm = load_model(settings.model_for(whole=not decode.stop_at_newline))
+        key, entry = self._entry(repo, settings, lm)
         if unless_empty and not entry.context.diff.strip():
             return None
         if not decode.stop_at_newline:  # a whole message (the hook, `cmc complete`): replayed

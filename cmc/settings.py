@@ -340,8 +340,9 @@ class Settings:
         author = [data.get("author_name"), data.get("author_email")]
         if not all(a is None or isinstance(a, str) for a in author):
             raise ValueError("settings.author_name and author_email must be strings")
-        return cls(model=model, message_model=message_model, history=history, memory=memory, learn=learn, learn_steps=steps,
-                   exclude=tuple(exclude), author_name=author[0], author_email=author[1])  # fmt: skip
+        return cls(model=model, message_model=message_model, history=history, memory=memory,
+                   learn=learn, learn_steps=steps, exclude=tuple(exclude), author_name=author[0],
+                   author_email=author[1])  # fmt: skip
 
 
 def inference_threads() -> int:
