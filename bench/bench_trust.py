@@ -1,14 +1,15 @@
 """Suggestions a user can accept without checking: how many state what the change does not
 support, or degenerate text, with and without `cmc.specifics`' decoder constraint.
 
-    python bench/bench_trust.py --data DATA --repos SNAPSHOTS [--limit 600]
+    python bench/bench_trust.py --data DATA --repos SNAPSHOTS [--limit 600] [--model M [--decider K]]
 
 `cmc eval` on the test repositories, history on, 0 / 25 / 50% typed, per arm (each resumes from
 its own predictions): the bundled model with the constraint off (cmc before it), with it on, and
 with it on and the typed word finished from the diff's names (`cmc.copying`), with it on and the
 repository memory: its votes while decoding (`cmc.knn`), its messages chosen beside the model's
 (`cmc.recalled`), both, and both with the copying (shipped); for a model with the prompt's recall
-section (``--model``), also the memory in the prompt alone. Prints B-Norm and EM@1 and the shares
+section (``--model``), also the memory in the prompt alone; with ``--decider`` (the keystroke
+model beside ``--model`` as the message model) the two-model stage as the hook runs it. Prints B-Norm and EM@1 and the shares
 (%) of suggestions with an unsupported specific, a repeated word, a doubled suffix or path, a CI
 marker the author does not use; and of the real messages with an unsupported specific.
 """
@@ -64,6 +65,11 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=600)
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-trust")
     ap.add_argument("--model", default=None, help="model folder (default: the bundled model)")
+    ap.add_argument(
+        "--decider",
+        default=None,
+        help="keystroke model deciding memory or model with nothing typed",
+    )
     ap.add_argument("--arms", nargs="*", default=None, help="the arms' folder names (default: all)")
     args = ap.parse_args()
     from cmc import copying, knn, recalled, specifics
@@ -92,7 +98,7 @@ def main() -> int:
         folder = args.out / folder
         result = run_eval(args.data, model, [0.0, 0.25, 0.5], [True], args.limit,
                           folder, settings=settings, progress=False, resume=True,
-                          repos=args.repos if memory else None)  # fmt: skip
+                          repos=args.repos if memory else None, decider=args.decider)  # fmt: skip
         s = [result["scores"][f"history@{r:g}"] for r in (0.0, 0.25, 0.5)]
         real = real or " / ".join(f"{x['Unsupported-real']:.1f}" for x in s)
 

@@ -240,12 +240,16 @@ def complete(
     with fallback_slot(req, started + timeout) as served:
         if served is not None:
             return served
-        from cmc.complete import complete_context, context_from_repo, wants_file_history
-        from cmc.model import load_model
+        from cmc.complete import (
+            complete_context,
+            context_from_repo,
+            load_models,
+            wants_file_history,
+        )
 
-        lm = load_model(settings.model_for(whole=not decode.stop_at_newline))
-        context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
-        return complete_context(lm, context, typed, decode)
+        lm, decider = load_models(settings, whole=not decode.stop_at_newline)
+        context = context_from_repo(repo, settings, file_history=wants_file_history(lm, decider))
+        return complete_context(lm, context, typed, decode, decider=decider)
 
 
 def _wait_for_daemon(req: CompleteRequest, deadline: float) -> Any:

@@ -119,9 +119,10 @@ def recall_section(context: Context, budget: Any) -> list[str]:
     return context.recall.section()
 
 
-def wants_file_history(lm: Any) -> bool:
-    """Whether this model's prompt has a file-history section (gathering it costs a git call)."""
-    return getattr(getattr(lm, "budget", None), "file_history_tokens", 0) > 0
+def wants_file_history(*models: Any) -> bool:
+    """Whether one of these models' prompts has a file-history section (gathering it costs a git
+    call)."""
+    return any(getattr(getattr(lm, "budget", None), "file_history_tokens", 0) > 0 for lm in models)
 
 
 EMPTY_CHANGE = "the change is empty (nothing staged)"
@@ -160,18 +161,53 @@ def complete_context(
     settings: DecodeSettings | None = None,
     cache: Any = None,
     cancelled: Any = None,
+    decider: Any = None,
 ) -> Completion:
-    """Up to ``settings.num_candidates`` distinct completions of ``typed`` for this context.
+    """Up to ``settings.num_candidates`` distinct completions of ``typed`` for this context, in the
+    stage's order: the context → the model's candidates and the memory's → the constraint → the
+    choice between them.
 
+    ``decider``: a second model (the keystroke model, where whole messages have their own) that,
+    with nothing typed, makes the choice: its own candidates are weighed against the memory's by
+    its own chooser, and each place it gives to a model's text holds ``lm``'s next candidate
+    instead (measured in docs/training.md: ``lm``'s scores pick the memory less well there).
     ``cancelled()`` is asked between decoding steps; True abandons the work (`Cancelled`)."""
-    from cmc.decoding.beam import generate_candidates
-
     settings = settings or DecodeSettings()
     if not context.diff.strip():  # a commit that changes nothing: any message would be made up
         return Completion(typed, [], lm.name, 0.0, note=EMPTY_CHANGE)
     if not settings.stop_at_newline and "\n" not in typed and not writes_bodies(context.history):
         settings = replace(settings, stop_at_newline=True)  # a subject line, as the author writes
     started = time.perf_counter()
+    from cmc import specifics
+
+    support = context.support(typed) if specifics.CONSTRAIN else None
+    candidates = model_candidates(lm, context, typed, settings, cache, cancelled, support)
+    offered = memory_candidates(context, typed, settings, support)
+    if offered is not None:
+        from cmc.recalled import choose
+
+        n = settings.num_candidates
+        if decider is not None and decider is not lm and not typed.strip():
+            own = model_candidates(decider, context, typed, settings, None, cancelled, support)
+            ranked = choose(own, offered, typed, context.history, n, decider.chooser)
+            candidates = written_by(ranked, candidates, n)
+        else:
+            candidates = choose(candidates, offered, typed, context.history, n, lm.chooser)
+    from cmc.secrets import leaks
+
+    # The last guard: nothing that looks like a secret reaches a user, whatever made it.
+    candidates = [c for c in candidates if not leaks(c.continuation)]
+    return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
+
+
+def model_candidates(
+    lm: Any, context: Context, typed: str, settings: DecodeSettings, cache: Any, cancelled: Any,
+    support: Any,
+) -> list[Candidate]:  # fmt: skip
+    """What ``lm`` writes for this context, within the constraint (``support``; None: off)."""
+    from cmc import knn, specifics
+    from cmc.decoding.beam import generate_candidates
+
     head, _ = split_typed(typed)
     if getattr(lm.model, "kind", None) == "seq2seq":
         from cmc.prompt import build_seq2seq_prompt
@@ -181,39 +217,74 @@ def complete_context(
         prompt = build_prompt(lm.tokenizer, context.diff, context.history, head, finished=False,
                               budget=lm.budget, file_history=context.file_history,
                               recalled=recall_section(context, lm.budget))  # fmt: skip
-    from cmc import specifics
-
-    support = context.support(typed) if specifics.CONSTRAIN else None
-    from cmc import knn
-
     candidates = generate_candidates(lm.model, lm.tokenizer, prompt, typed, settings, cache,
                                      cancelled, support, context.recall if knn.ON else None)  # fmt: skip
     if support is not None:  # what the search could not see coming (a whole word at once)
         candidates = specifics.without_problems(candidates, typed, support)
-    if context.recall is not None:
-        from cmc.recalled import candidates as recalled_candidates
-        from cmc.recalled import choose, fitted
+    return candidates
 
-        offered = recalled_candidates(context.recall, typed)
-        if support is not None:
-            offered = fitted(offered, typed, support)
-        if settings.stop_at_newline:  # one line at a time: the rest of the typed line only
-            offered = [r for r in offered if "\n" not in r.continuation.rstrip()]
-        candidates = choose(candidates, offered, typed, context.history, settings.num_candidates,
-                            lm.chooser)  # fmt: skip
-    from cmc.secrets import leaks
 
-    # The last guard: nothing that looks like a secret reaches a user, whatever made it.
-    candidates = [c for c in candidates if not leaks(c.continuation)]
-    return Completion(typed, candidates, lm.name, (time.perf_counter() - started) * 1000)
+def memory_candidates(
+    context: Context, typed: str, settings: DecodeSettings, support: Any
+) -> list | None:
+    """What the repository's memory offers for ``typed`` (`cmc.recalled.Recalled`), fitted to this
+    change within the constraint; None without a memory."""
+    if context.recall is None:
+        return None
+    from cmc.recalled import candidates, fitted
+
+    offered = candidates(context.recall, typed)
+    if support is not None:
+        offered = fitted(offered, typed, support)
+    if settings.stop_at_newline:  # one line at a time: the rest of the typed line only
+        offered = [r for r in offered if "\n" not in r.continuation.rstrip()]
+    return offered
+
+
+def written_by(ranked: list[Candidate], model: list[Candidate], n: int) -> list[Candidate]:
+    """``ranked`` (a decider's choice) with each model-written place holding the next of ``model``
+    instead (the memory's keep theirs), then the rest of ``model``: at most ``n``, distinct."""
+    rest = iter(model)
+    out: list[Candidate] = []
+    seen: set[str] = set()
+
+    def add(c: Candidate) -> None:
+        key = c.message.strip().lower()
+        if key not in seen:
+            seen.add(key)
+            out.append(c)
+
+    for c in ranked:
+        if c.origin is not None:
+            add(c)
+        else:
+            for m in rest:
+                if m.message.strip().lower() not in seen:
+                    add(m)
+                    break
+    for m in rest:
+        add(m)
+    return out[:n]
+
+
+def load_models(settings: Any, whole: bool) -> tuple[Any, Any]:
+    """The model of a request (`cmc.settings.Settings.model_for`) and, for a whole message where
+    whole messages have their own model, the keystroke model as its decider (else None)."""
+    from cmc.model import load_model
+
+    lm = load_model(settings.model_for(whole))
+    if not whole or not settings.message_model or settings.message_model == settings.model:
+        return lm, None
+    return lm, load_model(settings.model)
 
 
 def complete_rows(
-    lm: Any, rows: Iterable[dict], use_history: bool = True, settings: DecodeSettings | None = None
-) -> Iterable[dict]:
+    lm: Any, rows: Iterable[dict], use_history: bool = True, settings: DecodeSettings | None = None,
+    decider: Any = None,
+) -> Iterable[dict]:  # fmt: skip
     """``cmc complete --batch``: one output record per input row (see docs/hooks.md for the
     schema). A row with ``repository`` (a local clone) and ``hash`` also draws on that
-    repository's memory as of the commit's parent."""
+    repository's memory as of the commit's parent. ``decider``: as `complete_context`'s."""
     memories = None
     for i, row in enumerate(rows):
         typed = row.get("prefix") or ""
@@ -221,7 +292,8 @@ def complete_rows(
             from cmc.memory import RowMemories
 
             memories = RowMemories()
-        result = complete_context(lm, context_from_row(row, use_history, memories), typed, settings)
+        context = context_from_row(row, use_history, memories)
+        result = complete_context(lm, context, typed, settings, decider=decider)
         best = result.candidates[0].continuation if result.candidates else ""
         yield {
             "id": row.get("id", row.get("hash", i)),

@@ -126,9 +126,10 @@ def _origin(memory: Any, i: int) -> Origin:
 
 
 def origin_of(recall: Any, message: str) -> Origin | None:
-    """The most alike commit whose message (or its subject) is ``message``."""
+    """The most alike commit whose message (or its subject) is ``message``: every message offered
+    is found (a prefix match may lie past the first `SCAN`)."""
     memory = recall.memory
-    for i in recall.order[:SCAN]:
+    for i in recall.order:
         if memory.messages[i].startswith(message):
             return _origin(memory, int(i))
     return None

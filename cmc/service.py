@@ -93,7 +93,7 @@ class CompletionService:
             with self._count:
                 self.waiting -= 1
 
-    def _entry(self, repo: Any, settings: Any, lm: Any) -> tuple[tuple, _RepoEntry]:
+    def _entry(self, repo: Any, settings: Any, lm: Any, decider: Any) -> tuple[tuple, _RepoEntry]:
         from cmc import memory
         from cmc.decoding.beam import PromptCache
 
@@ -103,7 +103,8 @@ class CompletionService:
         state = (repo.index_state(), memory.stamp(repo.common_dir) if settings.memory else None)
         entry = self.repos.get(key)
         if entry is None or entry.state != state:
-            context = context_from_repo(repo, settings, file_history=wants_file_history(lm))
+            context = context_from_repo(repo, settings,
+                                        file_history=wants_file_history(lm, decider))  # fmt: skip
             if entry is not None and context == entry.context:
                 entry.state = state  # the index was rewritten, not changed: all stays valid
             else:
@@ -119,14 +120,14 @@ class CompletionService:
     ) -> tuple[Completion, int] | None:
         """The work of `complete`, with the lock held; None when ``unless_empty`` and nothing
         is staged (a prefetch: no one will ask)."""
+        from cmc.complete import load_models
         from cmc.decoding.beam import Cancelled
         from cmc.gitctx import repo_at
-        from cmc.model import load_model
 
         settings, decode = request.settings, request.decode
         repo = repo_at(request.repo)
-        lm = load_model(settings.model_for(whole=not decode.stop_at_newline))
-        key, entry = self._entry(repo, settings, lm)
+        lm, decider = load_models(settings, whole=not decode.stop_at_newline)
+        key, entry = self._entry(repo, settings, lm, decider)
         if unless_empty and not entry.context.diff.strip():
             return None
         if not decode.stop_at_newline:  # a whole message (the hook, `cmc complete`): replayed
@@ -141,7 +142,8 @@ class CompletionService:
                 return followed, -1
         if abandoned():
             raise Cancelled("the client has gone")
-        result = complete_context(lm, entry.context, request.typed, decode, entry.cache, abandoned)
+        result = complete_context(lm, entry.context, request.typed, decode, entry.cache, abandoned,
+                                  decider)  # fmt: skip
         entry.last = (decode, result)
         return result, entry.cache.reused_tokens
 

@@ -351,3 +351,58 @@ def test_a_model_brings_its_own_chooser_weights(tmp_path: Path, tiny_model: Path
     (bad / "cmc.json").write_text(json.dumps({"chooser": [1.0, 2.0]}))
     with pytest.raises(CmcError, match="chooser must be 18 numbers"):
         load_model(str(bad))
+
+
+def test_with_nothing_typed_the_keystroke_model_decides_and_the_message_model_writes(
+    tmp_path: Path, tiny_model: Path, monkeypatch
+):
+    """The two-model stage (`complete_context`'s ``decider``): with nothing typed the keystroke
+    model's own chooser weighs the memory against a model, and each place it gives a model holds
+    the message model's text, never its own; with text typed the message model's stage alone."""
+    import json
+    import shutil
+
+    from conftest import overfit_model
+
+    from cmc import knn
+    from cmc.complete import Context, complete_context
+    from cmc.decoding import DecodeSettings
+    from cmc.diffs import process_diff
+    from cmc.model import load_model
+
+    b, _ = area_repo(tmp_path / "repo")
+    build(b.path)
+    recall = mem.recall(mem.load_cached(b.path / ".git"), mem.diff_features(staged_like("cache")))
+    context = Context(process_diff(staged_like("cache")), recall=recall)
+    monkeypatch.setattr(knn, "ON", False)  # each model's own text, not the memory's votes
+    written = "Speed up the cache eviction"
+    plain = overfit_model(tmp_path / "message", context.diff, written)
+
+    def with_chooser(source: Path, name: str, favour: int) -> object:
+        """``source`` with chooser weights of only a bias for one kind (KINDS' index)."""
+        folder = tmp_path / name
+        shutil.copytree(source, folder)
+        meta = folder / "cmc.json"
+        data = json.loads(meta.read_text()) if meta.exists() else {}
+        weights = [0.0] * len(recalled.WEIGHTS)
+        weights[favour] = 10.0
+        meta.write_text(json.dumps({**data, "chooser": weights}))
+        return load_model(str(folder))
+
+    message = with_chooser(plain, "message-favours-model", 0)
+    keys_memory = with_chooser(tiny_model, "keys-favour-memory", 1)  # KINDS: model, nearest, ...
+    keys_model = with_chooser(tiny_model, "keys-favour-model", 0)
+    settings = DecodeSettings(num_beams=3, max_new_tokens=16, num_candidates=4)
+    alone = complete_context(message, context, "", settings).candidates
+    assert alone[0].message == written and alone[0].source == "model"  # its own chooser
+    decided = complete_context(message, context, "", settings, decider=keys_memory).candidates
+    assert decided[0].source == "memory" and decided[0].message.startswith("cache: evict entries")
+    assert any(c.message == written for c in decided)  # a model's place: the message model's text
+    own = {c.message for c in complete_context(keys_model, context, "", settings).candidates}
+    decided = complete_context(message, context, "", settings, decider=keys_model).candidates
+    assert decided[0].message == written  # the keystroke model chose a model: not its own text
+    assert not {c.message for c in decided if c.source == "model"} & (own - {written})
+    assert len(decided) <= 4 and len({c.message.lower() for c in decided}) == len(decided)
+    typed = complete_context(message, context, "cache: ev", settings, decider=keys_memory)
+    assert {c.source for c in typed.candidates} == {"model", "memory"}  # the memory continues it
+    assert typed.candidates[0].source == "model"  # typed: the message model's own choice

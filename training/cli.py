@@ -280,6 +280,13 @@ def checkpoint_delta(model, base, out, int4):
     required=True,
     help="Model folder / hub id, `default`, or `nngen` (retrieval baseline).",
 )
+@click.option(
+    "--decider",
+    default=None,
+    help="With --model a message model: the keystroke model (folder / hub id / `default`) that "
+    "chooses between the memory and --model's text with nothing typed, as the hook does with "
+    "cmc.messageModel set.",
+)
 @click.option("--split", default="test", show_default=True, help="Which split to score.")
 @click.option(
     "--train",
@@ -317,7 +324,7 @@ def checkpoint_delta(model, base, out, int4):
     help="Folder for metrics and predictions.",
 )
 def evaluate(
-    data, model, split, train_data, context_ratios, history, limit, beams, max_new_tokens, repos,
+    data, model, decider, split, train_data, context_ratios, history, limit, beams, max_new_tokens, repos,
     out,
 ):  # fmt: skip
     """Score completions by the CommitChronicle protocol; writes metrics.json, predictions, a plot."""
@@ -335,6 +342,9 @@ def evaluate(
 
         settings = DecodeSettings(num_beams=beams, max_new_tokens=max_new_tokens)
         model = str(BUNDLED_MODEL) if model == "default" else model
+        decider = str(BUNDLED_MODEL) if decider == "default" else decider
+    elif decider:
+        raise CmcError("--decider chooses for a model: nngen has none")
     results = run_eval(
         data,
         model,
@@ -346,6 +356,7 @@ def evaluate(
         train=train_data,
         settings=settings,
         repos=repos,
+        decider=decider,
     )
     click.echo(table(results))
     click.echo(f"→ {out}/metrics.json, predictions.jsonl, metrics.png", err=True)

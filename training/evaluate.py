@@ -254,6 +254,7 @@ def run_eval(
     resume: bool = False,
     repos: str | Path | None = None,
     repository: str | Path | None = None,
+    decider: str | None = None,
 ) -> dict:
     """Evaluate ``model`` (a model spec, or ``nngen``) and write metrics, predictions and a plot.
 
@@ -262,6 +263,8 @@ def run_eval(
     snapshots (``OWNER+NAME/repo``, as `cmc data mine --root` finds them), each row draws on its
     repository's memory as of its commit's parent (`cmc.memory.RowMemories`); with
     ``repository``, every row on that one's (a repository's own history, as `cmc train` scores).
+    ``decider``: a second model spec that, with nothing typed, chooses between the memory and
+    ``model``'s text (`cmc.complete.complete_context`; the two-model stage as users have it).
     """
     from tqdm import tqdm
 
@@ -289,13 +292,15 @@ def run_eval(
         from cmc.model import load_model
 
         lm = load_model(model)
+        second = load_model(decider) if decider else None
         decode = settings or DecodeSettings()  # only the best candidate is scored
 
         def run(batch, use_history):
-            return complete_rows(lm, batch, use_history=use_history, settings=decode)
+            return complete_rows(lm, batch, use_history, decode, second)
 
     results: dict[str, Any] = {
         "model": model,
+        **({"decider": decider} if decider else {}),
         "data": data,
         "split": split,
         "examples": len(rows),
