@@ -9,7 +9,9 @@ with it on and the typed word finished from the diff's names (`cmc.copying`), wi
 repository memory: its votes while decoding (`cmc.knn`), its messages chosen beside the model's
 (`cmc.recalled`), both, and both with the copying (shipped); for a model with the prompt's recall
 section (``--model``), also the memory in the prompt alone; with ``--decider`` (the keystroke
-model beside ``--model`` as the message model) the two-model stage as the hook runs it. Prints B-Norm and EM@1 and the shares
+model beside ``--model`` as the message model) the two-model stage as the hook runs it; with
+``--judge FOLDER``, also the bundled model as shipped (resumed from FOLDER) and the one rule's
+verdict (`cmc.training.evaluate.not_better`) on the shipped arm. Prints B-Norm and EM@1 and the shares
 (%) of suggestions with an unsupported specific, a repeated word, a doubled suffix or path, a CI
 marker the author does not use; and of the real messages with an unsupported specific.
 """
@@ -56,6 +58,9 @@ ARMS = {  # name: (folder, constraint on, what the memory offers (cmc.recalled.O
         "model+constraint+memory+votes+copy+prefix8", True, ALL, True, True, SHIPPED
     ),
 }  # fmt: skip
+SHIPPED_ARM = (
+    "+ the memory's messages and votes + copying, eight continuing the typed text (shipped)"
+)
 
 
 def main() -> int:
@@ -69,6 +74,12 @@ def main() -> int:
         "--decider",
         default=None,
         help="keystroke model deciding memory or model with nothing typed",
+    )
+    ap.add_argument(
+        "--judge",
+        type=Path,
+        default=None,
+        help="the bundled model's run folder: judge the shipped arm against it",
     )
     ap.add_argument("--arms", nargs="*", default=None, help="the arms' folder names (default: all)")
     args = ap.parse_args()
@@ -84,7 +95,8 @@ def main() -> int:
     settings = DecodeSettings(num_beams=5, max_new_tokens=15)
     rows = []
     real = None
-    typed_lambda = copying.TYPED_LAMBDA
+    typed_lambda = copying.TYPED_LAMBDA  # as shipped
+    shipped = None
     for name, (folder, constrain, offered, votes, copy, per_kind) in ARMS.items():
         if (args.arms and folder not in args.arms) or (
             folder.endswith("prompt") and not has_section
@@ -99,6 +111,7 @@ def main() -> int:
         result = run_eval(args.data, model, [0.0, 0.25, 0.5], [True], args.limit,
                           folder, settings=settings, progress=False, resume=True,
                           repos=args.repos if memory else None, decider=args.decider)  # fmt: skip
+        shipped = result if name == SHIPPED_ARM else shipped
         s = [result["scores"][f"history@{r:g}"] for r in (0.0, 0.25, 0.5)]
         real = real or " / ".join(f"{x['Unsupported-real']:.1f}" for x in s)
 
@@ -113,7 +126,30 @@ def main() -> int:
           "CI marker |\n|---|---|---|---|---|---|---|")  # fmt: skip
     print("\n".join(rows))
     print(f"| the real messages | | | {real} | | | |")
+    if args.judge and shipped is not None:
+        judge(args, settings, shipped, typed_lambda)
     return 0
+
+
+def judge(args: argparse.Namespace, settings: object, candidate: dict, typed_lambda: float) -> None:
+    """The bundled model as shipped on the same commits, and whether ``candidate`` (this run's
+    shipped arm) beats it."""
+    from cmc import copying, knn, recalled, specifics
+    from cmc.settings import BUNDLED_MODEL
+    from cmc.training.evaluate import not_better, run_eval
+
+    specifics.CONSTRAIN, knn.ON, recalled.OFFERED = True, True, ALL
+    copying.TYPED_LAMBDA, recalled.PER_KIND = typed_lambda, SHIPPED
+    folder = args.judge / ARMS[SHIPPED_ARM][0]
+    base = run_eval(args.data, str(BUNDLED_MODEL), [0.0, 0.25, 0.5], [True], args.limit, folder,
+                    settings=settings, progress=False, resume=True, repos=args.repos)  # fmt: skip
+    for name, result in (("bundled model, as shipped", base), ("this run, as shipped", candidate)):
+        s = [result["scores"][f"history@{r:g}"] for r in (0.0, 0.25, 0.5)]
+        b_norm = " / ".join(format(x["B-Norm"], ".2f") for x in s)
+        em = " / ".join(format(x["EM@1"], ".1f") for x in s)
+        print(f"{name}: B-Norm {b_norm}, EM@1 {em}")
+    reasons = not_better(candidate["scores"], base["scores"])
+    print(f"the one rule: {'not better (' + '; '.join(reasons) + ')' if reasons else 'better'}")
 
 
 if __name__ == "__main__":

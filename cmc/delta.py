@@ -174,26 +174,47 @@ def apply_delta(delta: str | Path, base: str | Path, out: str | Path) -> Path:
     return out
 
 
-def delta_model(delta: str | Path, base: str | Path | None = None,
-                root: str | Path | None = None) -> Path:  # fmt: skip
+def is_delta_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a delta folder (`write_delta`), not a model folder."""
+    return (Path(path) / DELTA_FILE).is_file() and not (Path(path) / "config.json").exists()
+
+
+_BUILT: dict[tuple, Path] = {}  # (delta, its file's stat, base, root) → the folder built for it
+
+
+def delta_model(delta: str | Path, base: str | Path | None = None, root: str | Path | None = None,
+                build: bool = True) -> Path | None:  # fmt: skip
     """The model folder of ``delta`` on the installed base (`cmc.base.base_folder` when ``base`` is
     None): built on first use under ``root`` (``$XDG_CACHE_HOME/cmc/models``), then reused until
-    the delta or the base changes."""
+    the delta or the base changes. Without ``build``, None where the base's conversion or this
+    build is still to do (a minute of work: `cmc base` does it)."""
     from cmc.settings import cache_home
 
     delta = Path(delta)
+    try:
+        weights = (delta / DELTA_FILE).stat()
+    except OSError as exc:
+        raise CmcError(f"{delta} is not a delta folder: {exc.strerror}") from exc
+    key = (str(delta.resolve()), weights.st_size, weights.st_mtime_ns, str(base), str(root))
+    known = _BUILT.get(key)
+    if known is not None and (known / "config.json").is_file():
+        return known  # a request does not read the base's norms again
     if base is None:
         from cmc.base import base_folder
 
-        base = base_folder()
+        base = base_folder(convert=build)
+        if base is None:
+            return None
     base = Path(base)
-    weights = (delta / DELTA_FILE).stat()
     digest = hashlib.sha256(f"{weights.st_size}:{weights.st_mtime_ns}".encode())
     digest.update((delta / "cmc.json").read_bytes())
     digest.update(_base_record(base)["weights"].encode())
     folder = Path(root or cache_home() / "models") / f"{delta.name}-{digest.hexdigest()[:12]}"
     if (folder / "config.json").is_file():
+        _BUILT[key] = folder
         return folder
+    if not build:
+        return None
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
     try:
@@ -205,4 +226,5 @@ def delta_model(delta: str | Path, base: str | Path | None = None,
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    _BUILT[key] = folder
     return folder

@@ -91,10 +91,15 @@ def read_chooser(path: str | os.PathLike) -> tuple[float, ...] | None:
 
 
 def check_model_spec(spec: str) -> Path:
-    """Fail early, in one line, on a model folder that is missing or is not a model."""
+    """Fail early, in one line, on a model folder that is missing or is not a model. A delta
+    folder (`cmc.delta`) stands for the model built from it, built here on first use."""
     if not spec:
         raise CmcError(NO_MODEL_HELP)
     local = Path(spec).expanduser()
+    from cmc.delta import delta_model, is_delta_dir
+
+    if is_delta_dir(local):
+        return delta_model(local)
     if local.exists() and not is_model_dir(local):
         raise CmcError(f"model folder {spec} has no config.json (is it a save_pretrained folder?)")
     if not local.exists() and (spec.startswith((".", "/", "~")) or spec.count("/") > 1):

@@ -10,9 +10,11 @@ Model resolution: ``--model`` flag > ``git config cmc.model`` > this repository'
 
 Two models: ``git config cmc.messageModel`` names a second model that writes whole messages (the
 hook, ``cmc complete``, editors' ghost text of the message box) while the model above keeps serving
-keystrokes (the language server's one-line completions); a larger model whose per-token cost is too
-high for a keystroke can then write the message the daemon computes after ``git add``. A ``--model``
-flag means that one model for everything.
+keystrokes (the language server's one-line completions) and, with nothing typed, decides between
+the memory and a model (`cmc.complete.complete_context`); a larger model whose per-token cost is too
+high for a keystroke can then write the message the daemon computes after ``git add``. Unset, it is
+the bundled message model where the bundled model is the model (`resolve_message_model`); ``none``
+or a ``--model`` flag means one model for everything.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ ENVIRONMENT = {
 }
 
 BUNDLED_MODEL = Path(__file__).parent / "default_model"
+# Whole messages' model where the bundled one serves keystrokes: a fine-tuned base kept as its delta
+# (`cmc.delta`), built by `cmc base` (docs/training.md).
+BUNDLED_MESSAGE_MODEL = Path(__file__).parent / "message_model"
 
 
 def cache_home() -> Path:
@@ -144,6 +149,20 @@ def personalized_model_dir(git_dir: str | os.PathLike) -> Path:
 
 def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "config.json").is_file()
+
+
+def resolve_message_model(flag: str | None, configured: str | None, model: str) -> str:
+    """The whole messages' model ("": ``model`` writes everything): none with a --model flag or
+    ``cmc.messageModel none``; else ``cmc.messageModel``; else the bundled message model where
+    the bundled model is the model (a model you set, or `cmc train` made, writes everything)."""
+    value = (configured or "").strip()
+    if flag or value.lower() == "none":
+        return ""
+    if value:
+        return value
+    if model == str(BUNDLED_MODEL) and (BUNDLED_MESSAGE_MODEL / "delta.safetensors").is_file():
+        return str(BUNDLED_MESSAGE_MODEL)
+    return ""
 
 
 def resolve_model(
@@ -278,7 +297,7 @@ class Settings:
             )
         return cls(
             model=resolved,
-            message_model="" if model else (cfg.get("cmc.messageModel") or "").strip(),
+            message_model=resolve_message_model(model, cfg.get("cmc.messageModel"), resolved),
             enabled=cfg.boolean("cmc.enabled", True) and not disabled_by_env(),
             history=cfg.boolean("cmc.history", True) if history is None else history,
             daemon=cfg.boolean("cmc.daemon", True),

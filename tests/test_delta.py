@@ -98,3 +98,18 @@ def test_checkpoint_delta_command_writes_the_delta(tiny_model, tmp_path):
 
     with safe_open(str(tmp_path / "delta" / "delta.safetensors"), framework="numpy") as f:
         assert '"model.embed_tokens.weight": "int4"' in f.metadata()["kinds"]
+
+
+def test_without_build_an_unbuilt_delta_is_none_and_a_built_one_is_found(tiny_model, tmp_path):
+    from cmc.delta import delta_model, is_delta_dir, write_delta
+
+    tuned = fine_tuned(tiny_model, tmp_path / "tuned")
+    write_delta(tiny_model, tuned, tmp_path / "delta")
+    assert is_delta_dir(tmp_path / "delta") and not is_delta_dir(tuned)
+    root = tmp_path / "models"
+    assert delta_model(tmp_path / "delta", tiny_model, root=root, build=False) is None
+    assert not root.exists()  # asking built nothing
+    built = delta_model(tmp_path / "delta", tiny_model, root=root)
+    assert delta_model(tmp_path / "delta", tiny_model, root=root, build=False) == built
+    with pytest.raises(CmcError, match="is not a delta folder"):
+        delta_model(tmp_path / "nothing", tiny_model, root=root)

@@ -558,3 +558,34 @@ def test_a_message_model_writes_the_commit_and_the_model_keeps_the_keystrokes(
     assert result.returncode == 0, result.stderr
     assert seen.read_text().split("\n")[0] == OTHER_MESSAGE  # what the hook put before the editor
     assert last_message(hooked_repo) == OTHER_MESSAGE
+
+
+def test_a_message_model_kept_as_a_delta_is_not_built_inside_a_request(
+    hooked_repo: Path, tmp_path: Path, tiny_model: Path
+):
+    """`cmc.messageModel` may name a delta folder (`cmc checkpoint delta`); until `cmc base` has
+    built it, whole messages come from `cmc.model` (no minute of building inside a commit) and
+    `cmc hook status` says why."""
+    import json
+    import os
+
+    from test_delta import fine_tuned
+
+    from cmc.delta import write_delta
+
+    write_delta(tiny_model, fine_tuned(tiny_model, tmp_path / "tuned"), tmp_path / "delta")
+    git(hooked_repo, "config", "cmc.messageModel", str(tmp_path / "delta"))
+    staged_parser_change(hooked_repo)
+    status = cmc(hooked_repo, "hook", "status").stdout
+    assert f"message model: {tmp_path / 'delta'}\n" in status
+    assert "not built yet: `cmc base` builds it" in status or "unusable:" in status, status
+    out = cmc(hooked_repo, "complete", "--json", "--beams", "1")
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["candidates"][0]["message"] == LEARNED_MESSAGE  # the model writes alone
+    assert answer["model"] == str(tiny_model)
+    assert not (Path(os.environ["XDG_CACHE_HOME"]) / "cmc" / "models").exists()  # nothing built
+    editor, seen = editor_script(tmp_path)
+    result = commit(hooked_repo, editor=editor)
+    assert result.returncode == 0 and last_message(hooked_repo) == LEARNED_MESSAGE
+    assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE  # the hook's, not the editor's
