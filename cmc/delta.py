@@ -186,8 +186,9 @@ def delta_model(delta: str | Path, base: str | Path | None = None, root: str | P
                 build: bool = True) -> Path | None:  # fmt: skip
     """The model folder of ``delta`` on the installed base (`cmc.base.base_folder` when ``base`` is
     None): built on first use under ``root`` (``$XDG_CACHE_HOME/cmc/models``), then reused until
-    the delta or the base changes. Without ``build``, None where the base's conversion or this
-    build is still to do (a minute of work: `cmc base` does it)."""
+    the delta or the base changes (a new build removes the earlier ones of a delta of this name).
+    Without ``build``, None where the base's conversion or this build is still to do (a minute of
+    work: `cmc base` does it)."""
     from cmc.settings import cache_home
 
     delta = Path(delta)
@@ -227,4 +228,7 @@ def delta_model(delta: str | Path, base: str | Path | None = None, root: str | P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _BUILT[key] = folder
+    for old in folder.parent.glob(f"{delta.name}-*"):  # earlier builds of it: 540 MB each
+        if old != folder and old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -13,8 +13,8 @@ hook, ``cmc complete``, editors' ghost text of the message box) while the model 
 keystrokes (the language server's one-line completions) and, with nothing typed, decides between
 the memory and a model (`cmc.complete.complete_context`); a larger model whose per-token cost is too
 high for a keystroke can then write the message the daemon computes after ``git add``. Unset, it is
-the bundled message model where the bundled model is the model (`resolve_message_model`); ``none``
-or a ``--model`` flag means one model for everything.
+the bundled message model unless ``cmc.model`` is set (`resolve_message_model`); ``none`` or a
+``--model`` flag means one model for everything.
 """
 
 from __future__ import annotations
@@ -151,16 +151,17 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
-def resolve_message_model(flag: str | None, configured: str | None, model: str) -> str:
-    """The whole messages' model ("": ``model`` writes everything): none with a --model flag or
-    ``cmc.messageModel none``; else ``cmc.messageModel``; else the bundled message model where
-    the bundled model is the model (a model you set, or `cmc train` made, writes everything)."""
+def resolve_message_model(flag: str | None, configured: str | None, model_set: bool) -> str:
+    """The whole messages' model ("": the model writes everything): none with a --model flag or
+    ``cmc.messageModel none``; else ``cmc.messageModel``; else the bundled message model unless
+    ``cmc.model`` is set (a model you chose writes everything; one `cmc train` made for this
+    repository serves keystrokes and decides, as the bundled one would)."""
     value = (configured or "").strip()
     if flag or value.lower() == "none":
         return ""
     if value:
         return value
-    if model == str(BUNDLED_MODEL) and (BUNDLED_MESSAGE_MODEL / "delta.safetensors").is_file():
+    if not model_set and (BUNDLED_MESSAGE_MODEL / "delta.safetensors").is_file():
         return str(BUNDLED_MESSAGE_MODEL)
     return ""
 
@@ -297,7 +298,9 @@ class Settings:
             )
         return cls(
             model=resolved,
-            message_model=resolve_message_model(model, cfg.get("cmc.messageModel"), resolved),
+            message_model=resolve_message_model(
+                model, cfg.get("cmc.messageModel"), bool(cfg.get("cmc.model"))
+            ),
             enabled=cfg.boolean("cmc.enabled", True) and not disabled_by_env(),
             history=cfg.boolean("cmc.history", True) if history is None else history,
             daemon=cfg.boolean("cmc.daemon", True),

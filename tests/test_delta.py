@@ -113,3 +113,21 @@ def test_without_build_an_unbuilt_delta_is_none_and_a_built_one_is_found(tiny_mo
     assert delta_model(tmp_path / "delta", tiny_model, root=root, build=False) == built
     with pytest.raises(CmcError, match="is not a delta folder"):
         delta_model(tmp_path / "nothing", tiny_model, root=root)
+
+
+def test_a_changed_delta_is_built_again_and_its_earlier_build_removed(tiny_model, tmp_path):
+    import os
+
+    from cmc.delta import delta_model, write_delta
+
+    write_delta(tiny_model, fine_tuned(tiny_model, tmp_path / "tuned"), tmp_path / "delta")
+    root = tmp_path / "models"
+    first = delta_model(tmp_path / "delta", tiny_model, root=root)
+    write_delta(tiny_model, fine_tuned(tiny_model, tmp_path / "tuned2", seed=3), tmp_path / "delta")
+    stat = (tmp_path / "delta" / "delta.safetensors").stat()
+    os.utime(
+        tmp_path / "delta" / "delta.safetensors", ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9)
+    )
+    second = delta_model(tmp_path / "delta", tiny_model, root=root)
+    assert second != first and not first.exists()  # one build of a delta kept, not one per update
+    assert [p.name for p in root.iterdir()] == [second.name]

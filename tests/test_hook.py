@@ -589,3 +589,31 @@ def test_a_message_model_kept_as_a_delta_is_not_built_inside_a_request(
     result = commit(hooked_repo, editor=editor)
     assert result.returncode == 0 and last_message(hooked_repo) == LEARNED_MESSAGE
     assert seen.read_text().split("\n")[0] == LEARNED_MESSAGE  # the hook's, not the editor's
+
+
+def test_whole_messages_default_to_the_bundled_message_model_unless_a_model_is_chosen(
+    repo: Path, tiny_model: Path
+):
+    """Unset, `cmc.messageModel` is the bundled message model, also beside a model `cmc train` made
+    for the repository; `cmc.model` set, a --model flag or `cmc.messageModel none` mean one model."""
+    import shutil
+
+    from cmc.settings import BUNDLED_MESSAGE_MODEL, BUNDLED_MODEL, Settings, personalized_model_dir
+
+    def load(flag: str | None = None) -> Settings:
+        return Settings.load(repo, repo / ".git", model=flag)
+
+    plain = load()
+    assert (plain.model, plain.message_model) == (str(BUNDLED_MODEL), str(BUNDLED_MESSAGE_MODEL))
+    assert plain.model_for(whole=True) == str(BUNDLED_MESSAGE_MODEL)
+    assert plain.model_for(whole=False) == str(BUNDLED_MODEL)
+    shutil.copytree(tiny_model, personalized_model_dir(repo / ".git"))  # as `cmc train` installs
+    learned = load()
+    assert learned.model == str(personalized_model_dir(repo / ".git"))
+    assert learned.message_model == str(BUNDLED_MESSAGE_MODEL)
+    assert load(str(tiny_model)).message_model == ""
+    git(repo, "config", "cmc.messageModel", "none")
+    assert load().message_model == ""
+    git(repo, "config", "--unset", "cmc.messageModel")
+    git(repo, "config", "cmc.model", str(tiny_model))
+    assert load().message_model == "" and load().model_for(whole=True) == str(tiny_model)
