@@ -187,7 +187,7 @@ def complete_context(
         from cmc.recalled import choose
 
         n = settings.num_candidates
-        if decider is not None and decider is not lm and not typed.strip():
+        if decider is not None and decider is not lm and offered and not typed.strip():
             own = model_candidates(decider, context, typed, settings, None, cancelled, support)
             ranked = choose(own, offered, typed, context.history, n, decider.chooser)
             candidates = written_by(ranked, candidates, n)
