@@ -6,8 +6,10 @@ weights and quantizing them into blocks (`cmc.runtime.linear.quantize_blocks`). 
 the same every time for the same weights, so the first load keeps them, ~150 MB as one ``.npz``
 under ``$XDG_CACHE_HOME/cmc/prepared`` (a private folder), named by what they were made from: each
 weights file's name, size and modification time, the precision, the block size and this format's
-version. A later load reads them back; anything wrong with the file (missing, truncated, another
-shape) and the load quantizes again as if there were none, and replaces it. The newest `KEEP`
+version. A later load reads them back one matrix at a time, as it builds each (all at once added
+~150 MB to the base's peak: each is copied into its onnxruntime session); anything wrong with the
+file (missing, truncated, another shape) and the load quantizes again as if there were none, and
+replaces it. The newest `KEEP`
 are kept. Nothing here ever stops a model from loading: a cache that cannot be written is skipped.
 """
 
@@ -19,6 +21,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -53,29 +56,33 @@ class Prepared:
 
     def __init__(self, folder: str | Path, precision: str):
         self.path = cache_path(folder, precision)
-        self._kept = self._read()
+        self._kept: Any = None  # the open file (`numpy.lib.npyio.NpzFile`): arrays read when asked
+        try:
+            self._kept = np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            pass  # none yet, or unreadable: made again
         self._made: dict[str, np.ndarray] = {}
 
-    def _read(self) -> dict[str, np.ndarray]:
+    def _get(self, key: str) -> np.ndarray | None:
+        """One kept array, read now (None: not kept, or unreadable)."""
+        if self._kept is None:
+            return None
         try:
-            with np.load(self.path, allow_pickle=False) as data:
-                return {k: data[k] for k in data.files}
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            return {}  # none yet, or unreadable: made again
+            return self._kept[key]
+        except (KeyError, OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None
 
     @property
     def hit(self) -> bool:
-        return bool(self._kept)
+        return self._kept is not None and bool(self._kept.files)
 
     def blocks(self, name: str, weight: Callable[[], np.ndarray]) -> Blocks:
         """Matrix ``name`` as blocks; ``weight()`` gives its float32 (out, in) when needed."""
-        try:
-            q, scale, zero = (self._kept[f"{name}.{part}"] for part in "qsz")
-            shape = tuple(int(x) for x in self._kept[f"{name}.shape"])
-            if q.dtype == np.uint8 and len(shape) == 2 and q.shape[0] == shape[0]:
-                return Blocks(q, scale, zero, shape)  # type: ignore[arg-type]
-        except KeyError:
-            pass
+        q, scale, zero, shape = (self._get(f"{name}.{part}") for part in ("q", "s", "z", "shape"))
+        if q is not None and scale is not None and zero is not None and shape is not None:
+            dims = tuple(int(x) for x in shape)
+            if q.dtype == np.uint8 and len(dims) == 2 and q.shape[0] == dims[0]:
+                return Blocks(q, scale, zero, dims)  # type: ignore[arg-type]
         made = Blocks.of(weight())
         self._made.update({f"{name}.q": made.q, f"{name}.s": made.scale, f"{name}.z": made.zero,
                            f"{name}.shape": np.array(made.shape)})  # fmt: skip
@@ -83,7 +90,7 @@ class Prepared:
 
     def rows(self, name: str, weight: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Table ``name`` as int8 rows with a scale each (an embedding looked up by token)."""
-        q, scale = self._kept.get(f"{name}.rows"), self._kept.get(f"{name}.scale")
+        q, scale = self._get(f"{name}.rows"), self._get(f"{name}.scale")
         if q is not None and scale is not None and q.dtype == np.int8 and len(scale) == len(q):
             return q, scale
         q, scale = quantize_rows(weight(), levels=127)
@@ -91,15 +98,23 @@ class Prepared:
         return q, scale
 
     def save(self) -> None:
-        """Keep what this load made (with what it read back), if it made anything."""
+        """Keep what this load made (with what it read back), if it made anything; then close
+        the file read."""
         if not self._made:
+            self.close()
             return
+        kept = {}
+        for key in self._kept.files if self._kept is not None else ():
+            value = self._get(key)
+            if value is not None:
+                kept[key] = value
+        self.close()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd, tmp = tempfile.mkstemp(prefix=".prepare-", suffix=".npz", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **{**self._kept, **self._made})
+                    np.savez(f, **{**kept, **self._made})
                 os.replace(tmp, self.path)  # whole or not at all, for a process loading beside
             finally:
                 if os.path.exists(tmp):
@@ -109,3 +124,8 @@ class Prepared:
                 old.unlink(missing_ok=True)
         except OSError:
             return  # a read-only or full disk: the next load quantizes again
+
+    def close(self) -> None:
+        if self._kept is not None:
+            self._kept.close()
+            self._kept = None

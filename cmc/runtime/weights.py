@@ -45,6 +45,10 @@ class Weights(Mapping):
     def __len__(self) -> int:
         return len(self._where)
 
+    def shape(self, name: str) -> tuple[int, ...]:
+        """A tensor's shape, from the file's index (nothing read)."""
+        return tuple(self._where[name][2])
+
     def pop(self, name: str, *default):
         """The tensor, forgotten here: the caller's alone."""
         if name not in self._where:
