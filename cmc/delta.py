@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -228,7 +229,8 @@ def delta_model(delta: str | Path, base: str | Path | None = None, root: str | P
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _BUILT[key] = folder
-    for old in folder.parent.glob(f"{delta.name}-*"):  # earlier builds of it: 540 MB each
-        if old != folder and old.is_dir():
+    earlier = re.compile(re.escape(delta.name) + r"-[0-9a-f]{12}")
+    for old in folder.parent.iterdir():  # earlier builds of it: 540 MB each
+        if old != folder and earlier.fullmatch(old.name) and old.is_dir():
             shutil.rmtree(old, ignore_errors=True)
     return folder

@@ -131,3 +131,14 @@ def test_a_changed_delta_is_built_again_and_its_earlier_build_removed(tiny_model
     second = delta_model(tmp_path / "delta", tiny_model, root=root)
     assert second != first and not first.exists()  # one build of a delta kept, not one per update
     assert [p.name for p in root.iterdir()] == [second.name]
+    other = tmp_path / "delta-int4"  # another delta whose name starts with this one's
+    write_delta(tiny_model, fine_tuned(tiny_model, tmp_path / "tuned3", seed=5), other)
+    kept = delta_model(other, tiny_model, root=root)
+    write_delta(tiny_model, fine_tuned(tiny_model, tmp_path / "tuned4", seed=9), tmp_path / "delta")
+    os.utime(
+        tmp_path / "delta" / "delta.safetensors",
+        ns=(stat.st_atime_ns, stat.st_mtime_ns + 2 * 10**9),
+    )
+    third = delta_model(tmp_path / "delta", tiny_model, root=root)
+    assert third not in (first, second) and not second.exists()
+    assert kept.exists()  # a build of another delta, whose name starts with this one's, stays
