@@ -212,6 +212,9 @@ def serve(idle_timeout: float = DEFAULT_IDLE_S, path: Path | None = None) -> int
         if alive(path):
             raise CmcError(f"a cmc daemon is already serving {path}")
         path.unlink()  # left by a daemon that died: nothing listens on it
+    from cmc.runtime import return_large_buffers
+
+    return_large_buffers()  # a request's peak, not only the memory between requests
     server = DaemonServer(path, idle_timeout)
     threading.Thread(target=server.watch_idle, daemon=True).start()
     threading.Thread(target=_warm_up, args=(server,), daemon=True).start()
