@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +120,25 @@ def base_folder(
         return folder
     if not convert:
         return None
+    return build_cached(folder, lambda tmp: convert_gguf(src, tmp), _current, ".convert-")
+
+
+def build_cached(folder: Path, make: Callable[[Path], object], done: Callable[[Path], bool],
+                 prefix: str) -> Path:  # fmt: skip
+    """``make(tmp)`` into a temporary folder beside ``folder``, then moved into place whole: one
+    there that is not ``done`` (an older or broken build) is replaced, one that another process
+    finished meanwhile is kept. The base's conversion and a delta's build (`cmc.delta`) are both
+    made so."""
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=folder.parent))
     try:
-        convert_gguf(src, tmp)
-        if folder.exists() and not _current(folder):
-            shutil.rmtree(folder, ignore_errors=True)  # an older conversion
+        make(tmp)
+        if folder.exists() and not done(folder):
+            shutil.rmtree(folder, ignore_errors=True)
         try:
             os.replace(tmp, folder)  # another process may have won the race: keep its folder
         except OSError:
-            if not _current(folder):
+            if not done(folder):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

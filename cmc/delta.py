@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -217,17 +215,10 @@ def delta_model(delta: str | Path, base: str | Path | None = None, root: str | P
         return folder
     if not build:
         return None
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=folder.parent))
-    try:
-        apply_delta(delta, base, tmp)
-        try:
-            os.replace(tmp, folder)  # another process may have built it meanwhile: keep that one
-        except OSError:
-            if not (folder / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    from cmc.base import build_cached
+
+    build_cached(folder, lambda tmp: apply_delta(delta, base, tmp),
+                 lambda f: (f / "config.json").is_file(), ".build-")  # fmt: skip
     _BUILT[key] = folder
     earlier = re.compile(re.escape(delta.name) + r"-[0-9a-f]{12}")
     for old in folder.parent.iterdir():  # earlier builds of it: 540 MB each
